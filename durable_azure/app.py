@@ -1,0 +1,116 @@
+"""``DurableApp``: where orchestrators and activities are registered.
+
+::
+
+    app = DurableApp(task_hub="Hello")
+
+    @app.activity
+    def say_hello(city: str) -> str:
+        return f"Hello {city}!"
+
+    @app.orchestrator
+    def hello_cities(ctx):
+        return [(yield ctx.call_activity(say_hello, c)) for c in ("Tokyo", "London")]
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from durable_azure.engine.replay import Orchestrator
+from durable_azure.errors import ConfigurationError
+from durable_azure.settings import StorageSettings
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class DurableApp:
+    """A registry of orchestrators and activities, plus where their task hub lives.
+
+    Args:
+        task_hub: the task hub name (default: ``DURABLE_TASK_HUB`` or ``TestHubName``).
+        connection_string: storage connection string (default:
+            ``AZURE_STORAGE_CONNECTION_STRING`` or Azurite's development storage).
+        partition_count: control-queue partitions, 1-16 (default 4). Must not change
+            once a task hub holds instances.
+        account_url: a storage account URL, used with ``credential`` instead of a
+            connection string.
+        credential: an ``azure-identity`` credential for ``account_url``.
+    """
+
+    def __init__(
+        self,
+        *,
+        task_hub: str | None = None,
+        connection_string: str | None = None,
+        partition_count: int | None = None,
+        account_url: str | None = None,
+        credential: Any = None,
+    ) -> None:
+        self._settings_args: dict[str, Any] = {
+            "task_hub": task_hub,
+            "connection_string": connection_string,
+            "partition_count": partition_count,
+            "account_url": account_url,
+            "credential": credential,
+        }
+        self.orchestrators: dict[str, Orchestrator] = {}
+        self.activities: dict[str, Callable[..., Any]] = {}
+
+    def settings(self, **overrides: Any) -> StorageSettings:
+        """The resolved storage settings; ``overrides`` that are not None win."""
+        args = dict(self._settings_args)
+        args.update({k: v for k, v in overrides.items() if v is not None})
+        return StorageSettings.resolve(**args)
+
+    # --- registration --------------------------------------------------------------------
+
+    def orchestrator(self, fn: F | None = None, /, *, name: str | None = None) -> Any:
+        """Register an orchestrator (a generator function taking the context).
+
+        Use as ``@app.orchestrator`` or ``@app.orchestrator(name="...")``.
+        """
+
+        def register(f: F) -> F:
+            if inspect.iscoroutinefunction(f):
+                raise ConfigurationError(
+                    f"orchestrator {f.__name__!r} is 'async def'; orchestrators are generator "
+                    "functions that 'yield' durable tasks"
+                )
+            self._add(self.orchestrators, "orchestrator", name or f.__name__, f)
+            return f
+
+        return register(fn) if fn is not None else register
+
+    def activity(self, fn: F | None = None, /, *, name: str | None = None) -> Any:
+        """Register an activity: a function (or ``async def``) taking one JSON input.
+
+        Use as ``@app.activity`` or ``@app.activity(name="...")``.
+        """
+
+        def register(f: F) -> F:
+            self._add(self.activities, "activity", name or f.__name__, f)
+            return f
+
+        return register(fn) if fn is not None else register
+
+    @staticmethod
+    def _add(table: dict[str, Any], kind: str, name: str, fn: Callable[..., Any]) -> None:
+        if not name:
+            raise ConfigurationError(f"an {kind} name must not be empty")
+        if name in table and table[name] is not fn:
+            raise ConfigurationError(f"an {kind} named {name!r} is already registered")
+        table[name] = fn
+        # Lets ctx.call_activity(fn) find the registered name.
+        try:
+            fn.__durable_name__ = name  # type: ignore[attr-defined]
+        except (AttributeError, TypeError):
+            pass
+
+    def get_orchestrator(self, name: str) -> Orchestrator | None:
+        return self.orchestrators.get(name)
+
+    def get_activity(self, name: str) -> Callable[..., Any] | None:
+        return self.activities.get(name)

@@ -1,0 +1,121 @@
+"""Where a task hub lives: connection, hub name, partition count.
+
+Resolution order for each setting: the explicit argument, then the environment
+(``AZURE_STORAGE_CONNECTION_STRING``, ``DURABLE_TASK_HUB``, ``DURABLE_PARTITION_COUNT``),
+then the default (Azurite's development storage, hub ``TestHubName``, 4 partitions).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from durable_azure.errors import ConfigurationError
+from durable_azure.storage.names import (
+    DEFAULT_PARTITION_COUNT,
+    TaskHubNames,
+    validate_partition_count,
+    validate_task_hub_name,
+)
+from durable_azure.storage.primitives import StorageAccount
+
+ENV_CONNECTION_STRING = "AZURE_STORAGE_CONNECTION_STRING"
+ENV_TASK_HUB = "DURABLE_TASK_HUB"
+ENV_PARTITION_COUNT = "DURABLE_PARTITION_COUNT"
+
+#: Azurite on its default ports (what ``UseDevelopmentStorage=true`` means).
+DEVELOPMENT_STORAGE = "UseDevelopmentStorage=true"
+
+#: The Durable Functions default hub name.
+DEFAULT_TASK_HUB = "TestHubName"
+
+
+@dataclass(frozen=True)
+class StorageSettings:
+    """How to reach one task hub.
+
+    Either ``connection_string`` or ``account_url`` (with ``credential``, an
+    ``azure-identity`` credential such as ``DefaultAzureCredential()``) is used.
+    """
+
+    task_hub: str = DEFAULT_TASK_HUB
+    partition_count: int = DEFAULT_PARTITION_COUNT
+    connection_string: str | None = None
+    account_url: str | None = None
+    credential: Any = None
+
+    def __post_init__(self) -> None:
+        validate_task_hub_name(self.task_hub)
+        validate_partition_count(self.partition_count)
+        if self.account_url and self.credential is None:
+            raise ConfigurationError("account_url needs a credential (e.g. DefaultAzureCredential)")
+
+    @classmethod
+    def resolve(
+        cls,
+        *,
+        connection_string: str | None = None,
+        task_hub: str | None = None,
+        partition_count: int | None = None,
+        account_url: str | None = None,
+        credential: Any = None,
+    ) -> StorageSettings:
+        """Fill unset values from the environment, then the defaults."""
+        if partition_count is None:
+            raw = os.environ.get(ENV_PARTITION_COUNT)
+            try:
+                partition_count = int(raw) if raw else DEFAULT_PARTITION_COUNT
+            except ValueError:
+                raise ConfigurationError(
+                    f"{ENV_PARTITION_COUNT} must be an integer, got {raw!r}"
+                ) from None
+        if account_url is None:
+            connection_string = (
+                connection_string or os.environ.get(ENV_CONNECTION_STRING) or DEVELOPMENT_STORAGE
+            )
+        return cls(
+            task_hub=task_hub or os.environ.get(ENV_TASK_HUB) or DEFAULT_TASK_HUB,
+            partition_count=partition_count,
+            connection_string=connection_string,
+            account_url=account_url,
+            credential=credential,
+        )
+
+    @property
+    def names(self) -> TaskHubNames:
+        return TaskHubNames(self.task_hub, self.partition_count)
+
+    def open_account(self) -> StorageAccount:
+        """Create the storage account clients (the caller closes them)."""
+        from durable_azure.storage.azure_primitives import AzureStorageAccount
+
+        if self.account_url:
+            return AzureStorageAccount.from_credential(
+                self.credential, account_name=_account_name(self.account_url)
+            )
+        assert self.connection_string is not None
+        return AzureStorageAccount.from_connection_string(self.connection_string)
+
+    def describe(self) -> str:
+        """A description safe to log: never the account key or a SAS."""
+        if self.account_url:
+            where = self.account_url
+        else:
+            parts = dict(
+                p.split("=", 1) for p in (self.connection_string or "").split(";") if "=" in p
+            )
+            where = parts.get("AccountName") or (
+                "development storage" if "UseDevelopmentStorage" in parts else "storage account"
+            )
+        return f"task hub {self.task_hub!r} in {where} ({self.partition_count} partitions)"
+
+
+def _account_name(account_url: str) -> str:
+    from urllib.parse import urlparse
+
+    host = urlparse(account_url).hostname or ""
+    name = host.split(".", 1)[0]
+    if not name:
+        raise ConfigurationError(f"cannot read an account name from {account_url!r}")
+    return name

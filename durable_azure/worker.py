@@ -1,0 +1,312 @@
+"""The worker: polls the task hub's queues and runs episodes and activities.
+
+One asyncio loop drives everything: a poller per control queue (partition) and one for the
+work-item queue. Each poll receives up to 32 messages; idle queues are polled with a
+randomized exponential backoff, and a poller wakes at once when this process enqueues to
+its queue. Plain-function activities run on a thread pool, ``async def`` ones on the loop.
+
+On stop (``Worker.stop()``, or SIGTERM/SIGINT under :meth:`Worker.run_until_signal`) the
+worker stops receiving, lets in-flight work finish for a grace period, and abandons what
+is left so another worker picks it up at once. Nothing is lost either way: a message is
+deleted only after its effects are committed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import signal
+from collections.abc import Awaitable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from durable_azure.app import DurableApp
+from durable_azure.errors import StorageError
+from durable_azure.runner import ActivityRunner, EpisodeRunner
+from durable_azure.storage.names import MAX_MESSAGES_PER_RECEIVE
+from durable_azure.storage.primitives import StorageAccount
+from durable_azure.storage.provider import AzureStorageProvider
+from durable_azure.storage.queues import (
+    DEFAULT_VISIBILITY_TIMEOUT,
+    ReceivedMessage,
+    TaskHubQueue,
+    UnreadableMessage,
+)
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class WorkerOptions:
+    """Tuning knobs of a worker.
+
+    Attributes:
+        max_concurrent_orchestrations: episodes running at once.
+        max_concurrent_activities: activities running at once (also the thread pool size).
+        min_poll_interval: first delay after an empty poll, seconds.
+        max_poll_interval: longest delay between polls of an idle queue, seconds.
+        visibility_timeout: how long received messages stay hidden from other workers.
+        shutdown_grace: seconds in-flight work may take to finish on stop.
+        history_cache_size: histories kept in memory between episodes (0 disables).
+    """
+
+    max_concurrent_orchestrations: int = 100
+    max_concurrent_activities: int = (os.cpu_count() or 1) * 10
+    min_poll_interval: float = 0.05
+    max_poll_interval: float = 5.0
+    visibility_timeout: timedelta = DEFAULT_VISIBILITY_TIMEOUT
+    shutdown_grace: float = 30.0
+    history_cache_size: int = 1000
+
+    def __post_init__(self) -> None:
+        if self.max_concurrent_orchestrations < 1 or self.max_concurrent_activities < 1:
+            raise ValueError("concurrency limits must be at least 1")
+        if not 0 < self.min_poll_interval <= self.max_poll_interval:
+            raise ValueError("need 0 < min_poll_interval <= max_poll_interval")
+
+
+class _Backoff:
+    """Randomized exponential backoff for polling an idle queue, woken by local sends."""
+
+    def __init__(self, minimum: float, maximum: float) -> None:
+        self.minimum = minimum
+        self.maximum = maximum
+        self.failures = 0
+        self.wake = asyncio.Event()
+
+    def reset(self) -> None:
+        self.failures = 0
+
+    async def wait(self) -> None:
+        self.failures += 1
+        delay = min(
+            self.maximum,
+            self.minimum * (2 ** min(self.failures - 1, 20)) * random.uniform(0.8, 1.2),
+        )
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self.wake.wait(), timeout=delay)
+        if self.wake.is_set():
+            self.wake.clear()
+            self.failures = 0
+
+
+class Worker:
+    """Runs an app's orchestrators and activities against its task hub.
+
+    Args:
+        app: the registry of orchestrators and activities.
+        account: storage clients (default: opened from the app's settings, and closed
+            when the worker stops).
+        options: tuning knobs.
+        **settings: overrides for the app's settings (``task_hub``, ``connection_string``,
+            ``partition_count``).
+    """
+
+    def __init__(
+        self,
+        app: DurableApp,
+        *,
+        account: StorageAccount | None = None,
+        options: WorkerOptions | None = None,
+        **settings: Any,
+    ) -> None:
+        self.app = app
+        self.settings = app.settings(**settings)
+        self.options = options or WorkerOptions()
+        self._owns_account = account is None
+        self.account = account or self.settings.open_account()
+        self.provider = AzureStorageProvider(self.account, self.settings.names)
+        self._executor = ThreadPoolExecutor(
+            max_workers=self.options.max_concurrent_activities,
+            thread_name_prefix="durable-activity",
+        )
+        self.episodes = EpisodeRunner(
+            self.provider, app.get_orchestrator, cache_size=self.options.history_cache_size
+        )
+        self.activities = ActivityRunner(self.provider, app.get_activity, self._executor)
+        self._orchestration_slots = asyncio.Semaphore(self.options.max_concurrent_orchestrations)
+        self._activity_slots = asyncio.Semaphore(self.options.max_concurrent_activities)
+        self._backoffs: dict[str, _Backoff] = {}
+        # Per instance: batches received while an episode of it runs; they run next.
+        self._active: dict[str, list[ReceivedMessage]] = {}
+        self._inflight: set[asyncio.Task[None]] = set()
+        self._held: dict[asyncio.Task[None], list[ReceivedMessage]] = {}
+        self._stopping = asyncio.Event()
+        self._pollers: list[asyncio.Task[None]] = []
+        self.provider.add_send_listener(self._on_local_send)
+
+    # --- lifecycle -----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Create the task hub if needed and start polling."""
+        await self.provider.create_if_not_exists()
+        logger.info("worker started on %s", self.settings.describe())
+        queues = [*self.provider.control_queues, self.provider.work_items]
+        for queue in queues:
+            self._backoffs[queue.name] = _Backoff(
+                self.options.min_poll_interval, self.options.max_poll_interval
+            )
+        self._pollers = [
+            asyncio.create_task(self._poll_control(q), name=f"poll {q.name}")
+            for q in self.provider.control_queues
+        ]
+        self._pollers.append(
+            asyncio.create_task(self._poll_work_items(), name="poll work items")
+        )
+
+    async def stop(self) -> None:
+        """Stop receiving, let in-flight work finish (grace period), abandon the rest."""
+        if self._stopping.is_set():
+            return
+        self._stopping.set()
+        for backoff in self._backoffs.values():
+            backoff.wake.set()
+        await asyncio.gather(*self._pollers, return_exceptions=True)
+        if self._inflight:
+            _, pending = await asyncio.wait(
+                set(self._inflight), timeout=self.options.shutdown_grace
+            )
+            for task in pending:
+                task.cancel()
+            held = [m for t in pending for m in self._held.get(t, [])]
+            await asyncio.gather(*pending, return_exceptions=True)
+            await asyncio.gather(
+                *(m.queue.abandon(m.raw, 0.0) for m in held), return_exceptions=True
+            )
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        if self._owns_account:
+            await self.account.close()
+        logger.info("worker stopped")
+
+    async def run_until_signal(self) -> None:
+        """Run until SIGINT or SIGTERM, then stop gracefully."""
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError):
+                loop.add_signal_handler(sig, stop.set)
+        await self.start()
+        try:
+            await stop.wait()
+        finally:
+            await self.stop()
+
+    async def __aenter__(self) -> Worker:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    # --- polling -------------------------------------------------------------------------
+
+    def _on_local_send(self, queue_name: str) -> None:
+        backoff = self._backoffs.get(queue_name)
+        if backoff is not None:
+            backoff.wake.set()
+
+    async def _receive(
+        self, queue: TaskHubQueue, max_messages: int
+    ) -> tuple[list[ReceivedMessage], list[UnreadableMessage]]:
+        try:
+            return await queue.receive(max_messages, self.options.visibility_timeout)
+        except (StorageError, OSError, asyncio.TimeoutError) as exc:
+            logger.warning("receiving from %s failed: %s", queue.name, exc)
+            return [], []
+
+    async def _poll_control(self, queue: TaskHubQueue) -> None:
+        backoff = self._backoffs[queue.name]
+        while not self._stopping.is_set():
+            # Flow control: never hold more received-but-unprocessed work than we can run.
+            await self._orchestration_slots.acquire()
+            self._orchestration_slots.release()
+            received, unreadable = await self._receive(queue, MAX_MESSAGES_PER_RECEIVE)
+            await self._set_aside(unreadable)
+            if not received:
+                await backoff.wait()
+                continue
+            backoff.reset()
+            by_instance: dict[str, list[ReceivedMessage]] = {}
+            for message in received:
+                by_instance.setdefault(message.message.instance_id, []).append(message)
+            for instance_id, batch in by_instance.items():
+                if instance_id in self._active:
+                    self._active[instance_id].extend(batch)
+                else:
+                    self._active[instance_id] = []
+                    self._spawn(self._run_instance(instance_id, batch), batch)
+
+    async def _run_instance(self, instance_id: str, batch: list[ReceivedMessage]) -> None:
+        """Run episodes for one instance until no more messages are waiting for it."""
+        try:
+            while batch:
+                async with self._orchestration_slots:
+                    await self.episodes.process(instance_id, batch)
+                batch = self._active.get(instance_id, [])
+                self._active[instance_id] = []
+                if self._stopping.is_set() and batch:
+                    await asyncio.gather(*(m.queue.abandon(m.raw, 0.0) for m in batch))
+                    break
+        finally:
+            self._active.pop(instance_id, None)
+
+    async def _poll_work_items(self) -> None:
+        queue = self.provider.work_items
+        backoff = self._backoffs[queue.name]
+        while not self._stopping.is_set():
+            await self._activity_slots.acquire()
+            free = 1
+            # Take as many slots as are free right now (at least the one we waited for).
+            while free < MAX_MESSAGES_PER_RECEIVE and not self._activity_slots.locked():
+                await self._activity_slots.acquire()
+                free += 1
+            received, unreadable = await self._receive(queue, free)
+            await self._set_aside(unreadable)
+            for _ in range(free - len(received)):
+                self._activity_slots.release()
+            if not received:
+                await backoff.wait()
+                continue
+            backoff.reset()
+            for message in received:
+                self._spawn(self._run_activity(message), [message])
+
+    async def _run_activity(self, message: ReceivedMessage) -> None:
+        try:
+            await self.activities.process(message)
+        except (StorageError, OSError, asyncio.TimeoutError) as exc:
+            logger.warning("activity response not sent, work item abandoned: %s", exc)
+            with contextlib.suppress(StorageError):
+                await message.queue.abandon(message.raw)
+        finally:
+            self._activity_slots.release()
+
+    async def _set_aside(self, unreadable: list[UnreadableMessage]) -> None:
+        # Unreadable messages are retried with growing delays (up to 10 minutes); moving
+        # them to a poison queue is the job of the poison-message handling.
+        for bad in unreadable:
+            with contextlib.suppress(StorageError):
+                await bad.queue.abandon(bad.raw)
+
+    def _spawn(self, work: Awaitable[None], held: list[ReceivedMessage]) -> None:
+        async def guarded() -> None:
+            try:
+                await work
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.exception("unexpected error in worker task")
+
+        task = asyncio.create_task(guarded())
+        self._inflight.add(task)
+        self._held[task] = held
+        task.add_done_callback(self._forget)
+
+    def _forget(self, task: asyncio.Task[None]) -> None:
+        self._inflight.discard(task)
+        self._held.pop(task, None)
