@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -104,10 +105,8 @@ class DurableApp:
             raise ConfigurationError(f"an {kind} named {name!r} is already registered")
         table[name] = fn
         # Lets ctx.call_activity(fn) find the registered name.
-        try:
+        with contextlib.suppress(AttributeError, TypeError):  # builtins take no attributes
             fn.__durable_name__ = name  # type: ignore[attr-defined]
-        except (AttributeError, TypeError):
-            pass
 
     def get_orchestrator(self, name: str) -> Orchestrator | None:
         return self.orchestrators.get(name)

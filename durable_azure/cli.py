@@ -46,7 +46,9 @@ def load_app(spec: str) -> Any:
     try:
         return getattr(module, attr or "app")
     except AttributeError:
-        raise DurableAzureError(f"module {module_name!r} has no attribute {attr or 'app'!r}") from None
+        raise DurableAzureError(
+            f"module {module_name!r} has no attribute {attr or 'app'!r}"
+        ) from None
 
 
 def _settings(args: argparse.Namespace) -> Any:

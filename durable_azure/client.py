@@ -219,7 +219,7 @@ class DurableClient:
         deadline = time.monotonic() + timeout
         delay = 0.02
         while True:
-            status = await self.get_status(instance_id, show_input=False)
+            status = await self.get_status(instance_id)
             if status.is_terminal:
                 return status
             remaining = deadline - time.monotonic()

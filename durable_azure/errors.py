@@ -106,7 +106,7 @@ class NonDeterministicOrchestrationError(DurableAzureError):
         self.actual = actual
 
 
-class OrchestratorSignal(BaseException):  # noqa: N818 - a control signal, not an error
+class OrchestratorSignal(BaseException):
     """Engine control flow raised through user code; never caught by ``except Exception``."""
 
 

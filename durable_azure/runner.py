@@ -43,7 +43,7 @@ from durable_azure.storage.messages import TaskMessage
 from durable_azure.storage.names import MAX_VISIBILITY_TIMEOUT
 from durable_azure.storage.provider import AzureStorageProvider, Checkpoint, Outbound
 from durable_azure.storage.queues import ReceivedMessage
-from durable_azure.storage.tracking import EMPTY_HISTORY, LoadedHistory
+from durable_azure.storage.tracking import LoadedHistory
 
 logger = logging.getLogger(__name__)
 
@@ -291,6 +291,8 @@ class EpisodeRunner:
         if completed is None and not history.started:
             return
         row = await self.provider.read_instance(instance_id)
+        if row is not None and row.execution_id not in (None, history.execution_id):
+            return  # the row already names a newer start; that execution will update it
         status = completed.orchestration_status if completed else OrchestrationStatus.Running
         if row is not None and row.runtime_status == status:
             return

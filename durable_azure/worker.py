@@ -155,9 +155,7 @@ class Worker:
             asyncio.create_task(self._poll_control(q), name=f"poll {q.name}")
             for q in self.provider.control_queues
         ]
-        self._pollers.append(
-            asyncio.create_task(self._poll_work_items(), name="poll work items")
-        )
+        self._pollers.append(asyncio.create_task(self._poll_work_items(), name="poll work items"))
 
     async def stop(self) -> None:
         """Stop receiving, let in-flight work finish (grace period), abandon the rest."""

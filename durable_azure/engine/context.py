@@ -110,6 +110,17 @@ class OrchestrationContext:
         self._uuid_counter += 1
         return str(value)
 
+    def new_guid(self) -> uuid.UUID:
+        """A deterministic UUID, as ``azure-functions-durable``'s ``new_guid`` computes it
+        (``uuid5(NAMESPACE_URL, "{instance_id}_{str(time)}_{counter}")``); it shares
+        the counter with :meth:`new_uuid`."""
+        value = uuid.uuid5(
+            uuid.NAMESPACE_URL,
+            f"{self.instance_id}_{self.current_utc_datetime}_{self._uuid_counter}",
+        )
+        self._uuid_counter += 1
+        return value
+
     def set_custom_status(self, status: Any) -> None:
         """Publish a JSON-serializable value in the instance's status (``customStatus``)."""
         self._custom_status = None if status is None else serialization.dumps(status)

@@ -11,6 +11,7 @@ This module does no I/O and reads no clock and no randomness: the episode's time
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 import traceback
@@ -101,6 +102,7 @@ class _Episode:
         self.dropped: list[str] = []
         # The time of the OrchestratorStarted that precedes ExecutionStarted.
         self.start_time: datetime | None = None
+        self.applying_new = False
 
     # --- driving the generator -----------------------------------------------------------
 
@@ -125,7 +127,7 @@ class _Episode:
             self._finish(produced)
             return
         self.generator = produced
-        self._step(lambda: next(produced))
+        self._step(functools.partial(next, produced))
         # The first task yielded may already be complete (``task_all([])``): without this
         # nothing would ever resume the generator.
         self.resume()
@@ -139,9 +141,9 @@ class _Episode:
             if task.is_faulted:
                 exc = task.exception
                 assert exc is not None
-                self._step(lambda: gen.throw(exc))
+                self._step(functools.partial(gen.throw, exc))
             else:
-                self._step(lambda: gen.send(task.result))
+                self._step(functools.partial(gen.send, task.result))
 
     def _step(self, advance: Callable[[], Any]) -> None:
         try:
@@ -178,9 +180,15 @@ class _Episode:
 
     # --- applying events -----------------------------------------------------------------
 
+    def _drop(self, note: str) -> None:
+        # Only new events are reported: history duplicates were reported when they arrived.
+        if self.applying_new:
+            self.dropped.append(note)
+
     def apply(self, event: HistoryEvent, *, is_new: bool) -> bool:
         """Apply one event; returns False if it was dropped as a duplicate or stale."""
         ctx = self.ctx
+        self.applying_new = is_new
         if ctx is not None:
             ctx.is_replaying = not is_new
         if isinstance(event, OrchestratorStarted):
@@ -191,13 +199,13 @@ class _Episode:
             return True
         if isinstance(event, ExecutionStarted):
             if ctx is not None:
-                self.dropped.append("a duplicate ExecutionStarted")
+                self._drop("a duplicate ExecutionStarted")
                 return False
             self.start(event, is_new=is_new)
             return True
         if ctx is None:
             # Only happens with a corrupt or foreign history; nothing can run before start.
-            self.dropped.append(f"{type(event).__name__} before ExecutionStarted")
+            self._drop(f"{type(event).__name__} before ExecutionStarted")
             return not is_new
         if isinstance(event, (TaskScheduled, TimerCreated)):
             self._match_scheduled(event)
@@ -234,7 +242,7 @@ class _Episode:
             task = None
         if task_id in self.completed_ids or task is None:
             what = "duplicate" if task_id in self.completed_ids else "unexpected"
-            self.dropped.append(f"{what} {type(event).__name__} for task #{task_id}")
+            self._drop(f"{what} {type(event).__name__} for task #{task_id}")
             return False
         self.completed_ids.add(task_id)
         del ctx._open_tasks[task_id]
@@ -273,7 +281,11 @@ def _describe_event(event: TaskScheduled | TimerCreated) -> str:
 
 
 def _utc(value: datetime) -> datetime:
-    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value
+    """Aware UTC: naive values are taken as UTC, others converted (``new_uuid`` formats
+    the time with a literal ``Z``, so it must really be UTC)."""
+    if value.tzinfo is None:
+        return value.replace(tzinfo=timezone.utc)
+    return value.astimezone(timezone.utc)
 
 
 def _latest(current: datetime | None, candidate: datetime) -> datetime:
@@ -311,7 +323,10 @@ def run_episode(
     try:
         for event in history:
             if isinstance(event, ExecutionCompleted):
-                break
+                raise ValueError(
+                    f"the history of {instance_id!r} is already complete; a finished "
+                    "execution takes no new events"
+                )
             episode.apply(event, is_new=False)
         for event in new_events:
             if episode.apply(event, is_new=True):

@@ -115,10 +115,8 @@ def event_from_fields(fields: dict[str, Any]) -> HistoryEvent:
         return UnsupportedEvent(original_type=event_type, extra=extra, **common)
     kwargs: dict[str, Any] = {}
     for f in dataclasses.fields(cls):
-        if (
-            f.name in common
-            or f.name in ("instance_id", "execution_id")
-            and cls is ExecutionStarted
+        if f.name in common or (
+            f.name in ("instance_id", "execution_id") and cls is ExecutionStarted
         ):
             continue
         member = _pascal(f.name)
@@ -172,8 +170,11 @@ def event_to_row(
         elif member == "EventType":
             row["EventType"] = value.name
         elif member == "OrchestrationStatus":
-            row[member] = value.name
-        elif member in OBJECT_MEMBERS:
+            # An UnsupportedEvent carries it as read: an int (queue JSON) or a name (row).
+            row[member] = OrchestrationStatus(value).name if isinstance(value, int) else value
+        elif member in OBJECT_MEMBERS or isinstance(value, (dict, list)):
+            # Any other object type is stored as JSON (§2.2), e.g. the ParentTraceContext
+            # of an event type this version does not model.
             row[member] = json.dumps(value, separators=(",", ":"))
         elif value is not None:
             row[member] = value

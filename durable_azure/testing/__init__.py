@@ -1,0 +1,1 @@
+"""Helpers for testing orchestrators without storage: history builders and a simulator."""

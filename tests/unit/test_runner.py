@@ -1,0 +1,479 @@
+"""The episode runner's message triage, each rule checked by its effect on storage.
+
+The real provider, runner and storage code run on the in-memory account (see ``harness``);
+messages are injected with the provider's own ``send`` where a test needs a duplicate, a
+stale or an early message.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Generator
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from harness import Harness
+
+from durable_azure.engine import serialization
+from durable_azure.engine.context import OrchestrationContext
+from durable_azure.engine.history import (
+    ExecutionCompleted,
+    ExecutionStarted,
+    HistoryEvent,
+    OrchestrationStatus,
+    TaskCompleted,
+    TaskScheduled,
+    TimerFired,
+)
+from durable_azure.errors import InstanceAlreadyExistsError, TaskFailedError
+from durable_azure.runner import MAX_ORPHAN_DEQUEUES
+from durable_azure.storage.messages import TaskMessage
+from durable_azure.storage.names import (
+    MAX_INLINE_MESSAGE_BYTES,
+    MAX_INLINE_PROPERTY_BYTES,
+    SENTINEL_ROW_KEY,
+    escape_key,
+)
+from durable_azure.storage.provider import Outbound
+from durable_azure.storage.queues import abandon_delay
+
+Orch = Generator[Any, Any, Any]
+
+
+def chain(ctx: OrchestrationContext) -> Orch:
+    value = ctx.get_input()
+    for _ in range(3):
+        value = yield ctx.call_activity("add_one", value)
+    return value
+
+
+def quick(ctx: OrchestrationContext) -> Any:
+    return "again"
+
+
+def calls_missing(ctx: OrchestrationContext) -> Orch:
+    try:
+        yield ctx.call_activity("missing", 1)
+    except TaskFailedError as exc:
+        return {"type": exc.error_type, "message": exc.error_message}
+    return "not reached"
+
+
+def sleeper(ctx: OrchestrationContext) -> Orch:
+    yield ctx.create_timer(ctx.current_utc_datetime + timedelta(hours=1))
+    return "woke"
+
+
+def echo_big(ctx: OrchestrationContext) -> Orch:
+    result = yield ctx.call_activity("exclaim", ctx.get_input())
+    return result
+
+
+ORCHESTRATORS = {
+    "chain": chain,
+    "quick": quick,
+    "calls_missing": calls_missing,
+    "sleeper": sleeper,
+    "echo_big": echo_big,
+}
+ACTIVITIES = {"add_one": lambda x: x + 1, "exclaim": lambda s: s + "!"}
+
+
+@pytest.fixture
+def h() -> Harness:
+    return Harness(ORCHESTRATORS, ACTIVITIES)
+
+
+async def execution_of(h: Harness, instance_id: str) -> str:
+    execution_id = (await h.provider.load_history(instance_id)).execution_id
+    assert execution_id is not None
+    return execution_id
+
+
+async def inject(h: Harness, event: HistoryEvent, instance_id: str, execution_id: str) -> None:
+    """Send ``event`` to the instance's control queue, as another process would."""
+    await h.provider.send(Outbound(TaskMessage(event, instance_id, execution_id)))
+
+
+def completion(h: Harness, task_id: int, value: Any) -> TaskCompleted:
+    return TaskCompleted(
+        timestamp=h.clock.now, task_scheduled_id=task_id, result=serialization.dumps(value)
+    )
+
+
+async def control_count(h: Harness, instance_id: str) -> int:
+    return await h.provider.control_queue_of(instance_id).queue.approximate_count()
+
+
+async def visible_in_control(h: Harness, instance_id: str) -> int:
+    return len(await h.provider.control_queue_of(instance_id).queue.peek(32))
+
+
+def completions_of(events: list[HistoryEvent], task_id: int) -> list[TaskCompleted]:
+    return [e for e in events if isinstance(e, TaskCompleted) and e.task_scheduled_id == task_id]
+
+
+# --- duplicates and stale messages ---------------------------------------------------------
+
+
+async def test_duplicate_completion_after_commit_is_deleted_not_appended(h: Harness) -> None:
+    await h.start("chain", "inst", 10)
+    await h.run_episodes()  # episode 1: schedules task 0
+    await h.run_activities()  # task 0 -> TaskCompleted(11)
+    await h.run_episodes()  # episode 2: applies it, schedules task 1
+    history = await h.history("inst")
+    await inject(h, completion(h, 0, 999), "inst", await execution_of(h, "inst"))
+
+    await h.run_episodes()
+
+    assert await h.history("inst") == history  # nothing appended, not even an episode
+    assert await control_count(h, "inst") == 0  # the duplicate was deleted
+    await h.drain()
+    await h.assert_completed("inst", 13)
+    assert [e.result for e in completions_of(await h.history("inst"), 0)] == ["11"]
+
+
+async def test_duplicate_completion_in_the_same_batch_is_applied_once(h: Harness) -> None:
+    await h.start("chain", "inst", 10)
+    await h.run_episodes()
+    await h.run_activities()
+    await inject(h, completion(h, 0, 999), "inst", await execution_of(h, "inst"))
+    assert await control_count(h, "inst") == 2
+
+    await h.run_episodes()  # both copies in one batch
+
+    assert await control_count(h, "inst") == 0
+    assert [e.result for e in completions_of(await h.history("inst"), 0)] == ["11"]
+    await h.drain()
+    await h.assert_completed("inst", 13)
+
+
+async def test_completion_for_an_older_execution_is_deleted(h: Harness) -> None:
+    await h.start("chain", "inst", 10)
+    await h.run_episodes()
+    history = await h.history("inst")
+    await inject(h, completion(h, 0, 999), "inst", "0ld0000000000000000000000000000e")
+
+    await h.run_episodes()
+
+    assert await h.history("inst") == history
+    assert await control_count(h, "inst") == 0
+    await h.drain()
+    await h.assert_completed("inst", 13)
+
+
+async def test_response_before_its_task_scheduled_is_deferred(h: Harness) -> None:
+    await h.start("chain", "inst", 10)
+    await h.run_episodes()  # task 0 scheduled; task 1 not yet
+    history = await h.history("inst")
+    # Task 1's response, arriving before the checkpoint that schedules task 1.
+    await inject(h, completion(h, 1, 12), "inst", await execution_of(h, "inst"))
+
+    await h.run_episodes()
+
+    assert await h.history("inst") == history  # not applied
+    assert await control_count(h, "inst") == 1  # not deleted
+    assert await visible_in_control(h, "inst") == 0  # hidden for a backoff
+    h.clock.advance(abandon_delay(1))
+    visible = await h.provider.control_queue_of("inst").queue.peek(32)
+    assert [m.dequeue_count for m in visible] == [1]
+
+    await h.drain()
+    await h.assert_completed("inst", 13)
+    assert len(completions_of(await h.history("inst"), 1)) == 1
+
+
+async def test_message_for_missing_instance_is_deferred_then_deleted(h: Harness) -> None:
+    await h.client._ensure_hub()
+    await inject(h, completion(h, 0, 1), "ghost", "e0000000000000000000000000000001")
+    queue = h.provider.control_queue_of("ghost").queue
+    deliveries = 0
+    for _ in range(50):
+        if not await queue.approximate_count():
+            break
+        deliveries += await h.run_episodes()
+        when = h.account.next_visible_time()
+        if when is not None:
+            h.clock.now = max(h.clock.now, when)
+    assert await queue.approximate_count() == 0, "the orphan message is still cycling"
+    assert deliveries == MAX_ORPHAN_DEQUEUES + 1
+    assert await h.history("ghost") == []
+    assert await h.provider.read_instance("ghost") is None
+
+
+async def test_duplicate_execution_started_is_deleted(h: Harness) -> None:
+    await h.start("chain", "inst", 10)
+    await h.run_episodes()
+    history = await h.history("inst")
+    started = next(e for e in history if isinstance(e, ExecutionStarted))
+    row_before = await h.provider.read_instance("inst")
+
+    await inject(h, started, "inst", started.execution_id)
+    await h.run_episodes()
+
+    assert await h.history("inst") == history
+    assert await control_count(h, "inst") == 0
+    row = await h.provider.read_instance("inst")
+    assert row is not None
+    assert row_before is not None
+    assert row.etag == row_before.etag  # nothing rewritten
+    await h.drain()
+    await h.assert_completed("inst", 13)
+
+
+async def test_start_of_other_execution_while_row_running_is_discarded(h: Harness) -> None:
+    # The row was written by a start that won a race; this start's message lost it.
+    await h.client._ensure_hub()
+    await h.provider.instances.create(
+        "inst",
+        {"Name": "chain", "RuntimeStatus": "Running", "ExecutionId": "a" * 32},
+        replace_etag=None,
+    )
+    loser = ExecutionStarted(
+        timestamp=h.clock.now, name="chain", instance_id="inst", execution_id="b" * 32, input="1"
+    )
+    await inject(h, loser, "inst", loser.execution_id)
+
+    await h.run_episodes()
+
+    assert await control_count(h, "inst") == 0
+    assert await h.history("inst") == []
+    row = await h.provider.read_instance("inst")
+    assert row is not None
+    assert row.execution_id == "a" * 32
+    assert row.runtime_status is OrchestrationStatus.Running
+
+
+async def test_start_of_other_execution_while_history_running_is_discarded(h: Harness) -> None:
+    await h.start("chain", "inst", 10)
+    await h.run_episodes()
+    history = await h.history("inst")
+    execution_id = await execution_of(h, "inst")
+    other = ExecutionStarted(
+        timestamp=h.clock.now, name="quick", instance_id="inst", execution_id="b" * 32
+    )
+    await inject(h, other, "inst", other.execution_id)
+
+    await h.run_episodes()
+
+    assert await h.history("inst") == history
+    assert await control_count(h, "inst") == 0
+    await h.drain()
+    await h.assert_completed("inst", 13)
+    assert await execution_of(h, "inst") == execution_id
+
+
+# --- starting and restarting -------------------------------------------------------------
+
+
+async def test_restarting_a_completed_instance_runs_a_new_execution(h: Harness) -> None:
+    await h.start("chain", "inst", 10)
+    await h.drain()
+    await h.assert_completed("inst", 13)
+    old_execution = await execution_of(h, "inst")
+    old_rows = len(await h.history("inst"))
+
+    await h.start("quick", "inst")
+    await h.drain()
+
+    await h.assert_completed("inst", "again")
+    loaded = await h.provider.load_history("inst")
+    assert loaded.execution_id != old_execution
+    assert len(loaded.events) == 4  # OrchestratorStarted, ExecutionStarted, completion, end
+    started = next(e for e in loaded.events if isinstance(e, ExecutionStarted))
+    assert started.name == "quick"
+    # The old execution's longer tail is still in the table, ignored by load().
+    rows, _ = await h.provider.history.table.query(partition_key=escape_key("inst"))
+    positions = [r for r in rows if r.row_key != SENTINEL_ROW_KEY]
+    assert len(positions) == old_rows > len(loaded.events)
+    assert {r.get("ExecutionId") for r in positions[len(loaded.events) :]} == {old_execution}
+    row = await h.provider.read_instance("inst")
+    assert row is not None
+    assert row.name == "quick"
+    assert row.generation == 1
+
+
+@pytest.mark.parametrize("episodes_before", [0, 1], ids=["pending", "running"])
+async def test_start_new_on_active_id_raises_and_sends_nothing(
+    h: Harness, episodes_before: int
+) -> None:
+    await h.start("chain", "inst", 10)
+    for _ in range(episodes_before):
+        await h.run_episodes()
+    row_before = await h.provider.read_instance("inst")
+    queued_before = await h.queued()
+    sends_before = h.account.stats.counts["queue_send"]
+
+    with pytest.raises(InstanceAlreadyExistsError):
+        await h.start("chain", "inst", 99)
+
+    assert h.account.stats.counts["queue_send"] == sends_before
+    assert await h.queued() == queued_before
+    assert await h.provider.read_instance("inst") == row_before
+    await h.drain()
+    await h.assert_completed("inst", 13)
+
+
+# --- unknown functions ---------------------------------------------------------------------
+
+
+async def test_unknown_orchestrator_fails_the_instance(h: Harness) -> None:
+    await h.start("nope", "inst", 1)
+    await h.drain()
+
+    row = await h.provider.read_instance("inst")
+    assert row is not None
+    assert row.runtime_status is OrchestrationStatus.Failed
+    output = await h.output("inst")
+    assert output.startswith("UnknownFunctionError: no orchestrator named 'nope'")
+    status = await h.client.get_status("inst")
+    assert status.failure_details is not None
+    assert status.failure_details.error_type == "UnknownFunctionError"
+    completed = [e for e in await h.history("inst") if isinstance(e, ExecutionCompleted)]
+    assert [e.orchestration_status for e in completed] == [OrchestrationStatus.Failed]
+    assert await h.queued() == 0
+
+
+async def test_unknown_activity_fails_the_task_catchably(h: Harness) -> None:
+    await h.start("calls_missing", "inst")
+    await h.drain()
+
+    result = await h.output("inst")
+    assert result["type"] == "UnknownFunctionError"
+    assert "no activity named 'missing'" in result["message"]
+    await h.assert_completed("inst", result)
+
+
+# --- timers --------------------------------------------------------------------------------
+
+
+async def test_early_timer_message_is_resent_not_applied(h: Harness) -> None:
+    await h.start("sleeper", "inst")
+    await h.run_episodes()
+    history = await h.history("inst")
+    assert await control_count(h, "inst") == 1
+    # The storage clock runs ahead of the worker's (skew, or a timer parked in steps):
+    # the message shows up while its fire time is still an hour away for the worker.
+    h.clock.advance(timedelta(hours=1, seconds=5).total_seconds())
+    [early] = await h.provider.control_queue_of("inst").queue.peek(1)
+
+    await h.run_episodes()
+
+    assert await h.history("inst") == history  # no TimerFired applied
+    assert await control_count(h, "inst") == 1  # re-sent ...
+    assert await visible_in_control(h, "inst") == 0  # ... hidden until it is due
+    when = h.account.next_visible_time()
+    assert when is not None
+    assert when > h.clock.now + timedelta(minutes=50)
+    h.clock.now = when
+    [again] = await h.provider.control_queue_of("inst").queue.peek(1)
+    assert again.id != early.id  # a new message, the early one deleted
+    assert again.dequeue_count == 0
+    [resent], _ = await h.provider.control_queue_of("inst").receive(1)
+    assert isinstance(resent.message.event, TimerFired)
+    assert resent.message.event.timer_id == 0
+    row = await h.provider.read_instance("inst")
+    assert row is not None
+    assert row.runtime_status is OrchestrationStatus.Running
+
+
+# --- large payloads ------------------------------------------------------------------------
+
+
+async def test_large_input_and_output_round_trip_through_blobs(h: Harness) -> None:
+    big = "x" * 200_000
+    await h.start("echo_big", "inst", big)
+    await h.drain()
+
+    await h.assert_completed("inst", big + "!")
+    status = await h.client.get_status("inst")
+    assert status.input_ == big
+    assert status.output == big + "!"
+    events = await h.history("inst")
+    started = next(e for e in events if isinstance(e, ExecutionStarted))
+    assert started.input == serialization.dumps(big)
+    [scheduled] = [e for e in events if isinstance(e, TaskScheduled)]
+    assert scheduled.input == serialization.dumps(big)
+    # Nothing over the limits ever reached a queue or a table (the memory account would also
+    # have refused it: 64 KiB per message, 64 KiB per property).
+    assert h.account.largest_queue_body <= MAX_INLINE_MESSAGE_BYTES
+    assert h.account.largest_table_property <= MAX_INLINE_PROPERTY_BYTES
+    blobs = await h.provider.payloads.container.list_names("inst/")
+    assert any("/message-" in b and b.endswith("-ExecutionStarted.json.gz") for b in blobs)
+    assert any("/message-" in b and b.endswith("-TaskScheduled.json.gz") for b in blobs)
+    assert any("/message-" in b and b.endswith("-TaskCompleted.json.gz") for b in blobs)
+    assert any("/history-" in b and b.endswith("-Result.json.gz") for b in blobs)
+    assert any("/history-" in b and b.endswith("-Input.json.gz") for b in blobs)
+    row = await h.provider.read_instance("inst")
+    assert row is not None
+    assert row.input is not None
+    assert row.input.startswith("http")
+    assert row.output is not None
+    assert row.output.startswith("http")
+
+
+async def test_stale_message_after_restart_does_not_overwrite_new_row(h: Harness) -> None:
+    # A late copy of an old execution's message is received, then the client restarts the
+    # id (the row now names the new, Pending execution), then the stale message is judged.
+    await h.start("chain", "inst", 10)
+    await h.drain()
+    old_execution = await execution_of(h, "inst")
+    await inject(h, completion(h, 2, 999), "inst", old_execution)
+    batch, _ = await h.provider.control_queue_of("inst").receive(32)
+    await h.start("quick", "inst")
+    row_before = await h.provider.read_instance("inst")
+    assert row_before is not None
+    assert row_before.runtime_status is OrchestrationStatus.Pending
+
+    await h.episodes.process("inst", batch)
+
+    row = await h.provider.read_instance("inst")
+    assert row is not None
+    assert row.execution_id == row_before.execution_id
+    assert row.runtime_status is OrchestrationStatus.Pending, (
+        "the repair rewrote the new execution's row from the old execution's history"
+    )
+    await h.drain()
+    await h.assert_completed("inst", "again")
+
+
+async def test_unsupported_dtfx_event_does_not_wedge_the_instance(h: Harness) -> None:
+    # A DTFx client sent an event type this version does not model (ExecutionRewound, with
+    # an object-valued member). The episode that receives it must still commit.
+    await h.start("chain", "inst", 10)
+    await h.run_episodes()
+    body = {
+        "$type": "DurableTask.AzureStorage.MessageData, DurableTask.AzureStorage",
+        "ActivityId": "5dc4e0f2-8f3e-4b8a-9f79-0a41e1f5c3d2",
+        "TaskMessage": {
+            "$type": "DurableTask.Core.TaskMessage, DurableTask.Core",
+            "Event": {
+                "$type": "DurableTask.Core.History.ExecutionRewoundEvent, DurableTask.Core",
+                "Reason": "rewind it",
+                "ParentTraceContext": {
+                    "$type": "DurableTask.Core.Tracing.DistributedTraceContext, DurableTask.Core",
+                    "TraceParent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+                },
+                "EventType": 21,
+                "EventId": -1,
+                "IsPlayed": False,
+                "Timestamp": "2024-05-01T10:00:09.0000000Z",
+            },
+            "SequenceNumber": 0,
+            "OrchestrationInstance": {
+                "$type": "DurableTask.Core.OrchestrationInstance, DurableTask.Core",
+                "InstanceId": "inst",
+                "ExecutionId": await execution_of(h, "inst"),
+            },
+        },
+        "SequenceNumber": 1,
+        "Sender": {"InstanceId": "", "ExecutionId": ""},
+    }
+    await h.provider.control_queue_of("inst").queue.send(json.dumps(body))
+
+    await h.run_episodes()  # must not raise out of the runner
+
+    assert await control_count(h, "inst") == 0
+    await h.drain()
+    await h.assert_completed("inst", 13)
