@@ -164,11 +164,16 @@ class Worker:
         self._stopping.set()
         for backoff in self._backoffs.values():
             backoff.wake.set()
-        await asyncio.gather(*self._pollers, return_exceptions=True)
+        # The grace period starts now and covers pollers blocked in a receive, too.
+        deadline = asyncio.get_running_loop().time() + self.options.shutdown_grace
+        if self._pollers:
+            _, blocked = await asyncio.wait(self._pollers, timeout=self.options.shutdown_grace)
+            for poller in blocked:
+                poller.cancel()
+            await asyncio.gather(*self._pollers, return_exceptions=True)
         if self._inflight:
-            _, pending = await asyncio.wait(
-                set(self._inflight), timeout=self.options.shutdown_grace
-            )
+            remaining = max(0.0, deadline - asyncio.get_running_loop().time())
+            _, pending = await asyncio.wait(set(self._inflight), timeout=remaining)
             for task in pending:
                 task.cancel()
             held = [m for t in pending for m in self._held.get(t, [])]
@@ -223,6 +228,8 @@ class Worker:
             # Flow control: never hold more received-but-unprocessed work than we can run.
             await self._orchestration_slots.acquire()
             self._orchestration_slots.release()
+            if self._stopping.is_set():
+                break  # stop() began while we waited for a slot: receive nothing more
             received, unreadable = await self._receive(queue, MAX_MESSAGES_PER_RECEIVE)
             await self._set_aside(unreadable)
             if not received:
@@ -258,6 +265,9 @@ class Worker:
         backoff = self._backoffs[queue.name]
         while not self._stopping.is_set():
             await self._activity_slots.acquire()
+            if self._stopping.is_set():
+                self._activity_slots.release()
+                break  # stop() began while every slot was busy: start nothing new
             free = 1
             # Take as many slots as are free right now (at least the one we waited for).
             while free < MAX_MESSAGES_PER_RECEIVE and not self._activity_slots.locked():
