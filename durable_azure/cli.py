@@ -20,9 +20,10 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from datetime import timedelta
 from typing import Any
 
-from durable_azure.errors import DurableAzureError
+from durable_azure.errors import ConfigurationError, DurableAzureError
 
 logger = logging.getLogger(__name__)
 
@@ -61,16 +62,29 @@ def _settings(args: argparse.Namespace) -> Any:
 
 async def _cmd_worker(args: argparse.Namespace) -> int:
     from durable_azure.app import DurableApp
-    from durable_azure.worker import Worker
+    from durable_azure.worker import Worker, WorkerOptions
 
     app = load_app(args.app)
     if not isinstance(app, DurableApp):
         raise DurableAzureError(f"{args.app} is a {type(app).__name__}, not a DurableApp")
+    tuning: dict[str, Any] = {
+        "max_concurrent_orchestrations": args.max_orchestrations,
+        "max_concurrent_activities": args.max_activities,
+        "max_poll_interval": args.max_poll_interval,
+        "shutdown_grace": args.shutdown_grace,
+    }
+    if args.visibility_timeout is not None:
+        tuning["visibility_timeout"] = timedelta(seconds=args.visibility_timeout)
+    try:
+        options = WorkerOptions(**{k: v for k, v in tuning.items() if v is not None})
+    except ValueError as exc:
+        raise ConfigurationError(f"invalid worker option: {exc}") from None
     worker = Worker(
         app,
         connection_string=args.connection,
         task_hub=args.task_hub,
         partition_count=args.partitions,
+        options=options,
     )
     await worker.run_until_signal()
     return EXIT_OK
@@ -82,7 +96,7 @@ async def _cmd_start(args: argparse.Namespace) -> int:
     try:
         client_input = json.loads(args.input) if args.input is not None else None
     except json.JSONDecodeError as exc:
-        raise DurableAzureError(f"--input is not valid JSON: {exc}") from exc
+        raise ConfigurationError(f"--input is not valid JSON: {exc}") from exc
     async with DurableClient.from_settings(_settings(args)) as client:
         instance_id = await client.start_new(args.name, args.id, client_input)
         if args.wait is None:
@@ -127,6 +141,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     worker = sub.add_parser("worker", help="run a worker for MODULE:APP")
     worker.add_argument("app", metavar="MODULE:APP")
+    worker.add_argument("--max-orchestrations", type=int, help="episodes at once (100)")
+    worker.add_argument("--max-activities", type=int, help="activities at once (10 x cores)")
+    worker.add_argument(
+        "--max-poll-interval", type=float, metavar="S", help="longest idle poll delay (5)"
+    )
+    worker.add_argument(
+        "--visibility-timeout",
+        type=float,
+        metavar="S",
+        help="how long received messages stay hidden from other workers (300)",
+    )
+    worker.add_argument(
+        "--shutdown-grace", type=float, metavar="S", help="time to finish work on stop (30)"
+    )
 
     start = sub.add_parser("start", help="start an orchestration")
     start.add_argument("name")

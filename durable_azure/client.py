@@ -26,7 +26,7 @@ from durable_azure.engine.history import (
     OrchestrationStatus,
     TaskScheduled,
 )
-from durable_azure.errors import DurableAzureError, InstanceNotFoundError
+from durable_azure.errors import DurableAzureError, InstanceNotFoundError, NotFoundError
 from durable_azure.settings import StorageSettings
 from durable_azure.storage.codec import event_fields
 from durable_azure.storage.messages import format_timestamp
@@ -177,7 +177,13 @@ class DurableClient:
             InstanceNotFoundError: no instance has this id.
         """
         validate_instance_id(instance_id)
-        record = await self.provider.read_instance(instance_id)
+        try:
+            record = await self.provider.read_instance(instance_id)
+        except NotFoundError:  # the Instances table itself is missing
+            raise InstanceNotFoundError(
+                f"no instance with id {instance_id!r}: task hub "
+                f"{self.provider.names.hub!r} does not exist in this storage account"
+            ) from None
         if record is None:
             raise InstanceNotFoundError(f"no instance with id {instance_id!r}")
         payloads = self.provider.payloads

@@ -1,7 +1,7 @@
 """Crash recovery with real worker processes on Azurite.
 
-A worker subprocess (``run_worker.py``: the CLI has no option for the visibility timeout
-or the shutdown grace) runs ``worker_app``; its activities log every execution to a file.
+A worker subprocess (the ``durable-azure worker`` command) runs ``worker_app``; its
+activities log every execution to a file.
 The tests stop it mid-run - SIGKILL, or SIGTERM for a graceful stop - start a fresh
 worker, and check that the instances complete with exactly the right outputs and that
 their histories are clean: one TaskScheduled per task id, exactly one completion for each,
@@ -47,7 +47,6 @@ pytestmark = [pytest.mark.azurite, pytest.mark.slow]
 
 HERE = Path(__file__).resolve().parent
 PROJECT_ROOT = HERE.parents[1]
-RUNNER = HERE / "run_worker.py"
 APP_SPEC = "tests.integration.worker_app:app"
 
 VISIBILITY = 4.0  # seconds a received message stays hidden (the default is 5 minutes)
@@ -106,21 +105,23 @@ class Harness:
         env.pop("AZURE_STORAGE_CONNECTION_STRING", None)
         cmd = [
             sys.executable,
-            str(RUNNER),
+            "-m",
+            "durable_azure.cli",
             "--connection",
             self.connection_string,
             "--task-hub",
             self.task_hub,
-            "--visibility",
+            "worker",
+            APP_SPEC,
+            "--visibility-timeout",
             str(VISIBILITY),
-            "--grace",
+            "--shutdown-grace",
             str(GRACE),
-            "--max-poll",
+            "--max-poll-interval",
             "0.5",
         ]
         if max_activities is not None:
             cmd += ["--max-activities", str(max_activities)]
-        cmd.append(APP_SPEC)
         output = self.tmp_path / f"worker-{len(self.workers)}.out"
         with output.open("wb") as out:
             proc = subprocess.Popen(

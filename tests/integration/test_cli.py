@@ -1,0 +1,116 @@
+"""The ``durable-azure`` command line, run as a real process against Azurite."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+
+from tests.integration.conftest import Hub
+from tests.integration.test_orchestrations import expected_chain
+
+pytestmark = pytest.mark.azurite
+
+STATUS_KEYS = {
+    "name",
+    "instanceId",
+    "runtimeStatus",
+    "input",
+    "output",
+    "customStatus",
+    "createdTime",
+    "lastUpdatedTime",
+}
+
+
+def cli(connection: str, task_hub: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "durable_azure.cli", "--connection", connection,
+         "--task-hub", task_hub, *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )  # fmt: skip
+
+
+async def run_cli(hub: Hub, *args: str) -> subprocess.CompletedProcess[str]:
+    # The worker runs on this test's event loop, so the CLI runs in a thread meanwhile.
+    import asyncio
+
+    return await asyncio.to_thread(cli, hub.connection_string, hub.task_hub, *args)
+
+
+async def test_start_wait_prints_the_status_payload_and_exits_0(hub: Hub) -> None:
+    done = await run_cli(hub, "start", "chain5", "--input", "4", "--id", "cli-1", "--wait", "60")
+    assert done.returncode == 0, done.stderr
+    status = json.loads(done.stdout)
+    assert set(status) == STATUS_KEYS
+    assert status["instanceId"] == "cli-1"
+    assert status["runtimeStatus"] == "Completed"
+    assert status["input"] == 4
+    assert status["output"] == expected_chain(4)
+
+
+async def test_start_without_wait_prints_the_instance_id(hub: Hub) -> None:
+    done = await run_cli(hub, "start", "chain5", "--input", "1")
+    assert done.returncode == 0, done.stderr
+    instance_id = done.stdout.strip()
+    status = await hub.client.wait_for_completion(instance_id, timeout=60)
+    assert status.output == expected_chain(1)
+
+
+async def test_failed_instance_exits_1_with_its_failure(hub: Hub) -> None:
+    done = await run_cli(hub, "start", "fails_uncaught", "--wait", "60")
+    assert done.returncode == 1
+    status = json.loads(done.stdout)
+    assert status["runtimeStatus"] == "Failed"
+    assert status["failureDetails"]["errorType"] == "TaskFailedError"
+    assert "KeyError" in status["output"]
+
+
+async def test_status_with_history_lists_the_events(hub: Hub) -> None:
+    instance_id = await hub.client.start_new("chain5", client_input=0)
+    await hub.client.wait_for_completion(instance_id, timeout=60)
+    done = await run_cli(hub, "status", instance_id, "--history")
+    assert done.returncode == 0, done.stderr
+    status = json.loads(done.stdout)
+    kinds = [e["EventType"] for e in status["historyEvents"]]
+    assert kinds[:2] == ["OrchestratorStarted", "ExecutionStarted"]
+    completed = [e for e in status["historyEvents"] if e["EventType"] == "TaskCompleted"]
+    assert [e["FunctionName"] for e in completed] == ["add_step"] * 5
+    assert completed[0]["Result"] == {"value": 1, "steps": [0]}
+
+
+def test_wait_timeout_exits_3(azurite: Any, task_hub: str) -> None:
+    # No worker runs on this hub, so the instance stays Pending.
+    done = cli(azurite.connection_string, task_hub, "start", "chain5", "--wait", "0.5")
+    assert done.returncode == 3
+    assert json.loads(done.stdout)["runtimeStatus"] == "Pending"
+    assert "still Pending" in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (["start", "chain5", "--input", "{not json"], 2, "--input is not valid JSON"),
+        (["start", "chain5", "--id", ""], 2, "must not be empty"),
+        (["status", "no-such-instance"], 1, "no instance with id 'no-such-instance'"),
+    ],
+)
+def test_bad_input_gets_a_clear_error(
+    azurite: Any, task_hub: str, args: list[str], code: int, message: str
+) -> None:
+    done = cli(azurite.connection_string, task_hub, *args)
+    assert done.returncode == code
+    assert message in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_invalid_task_hub_name_is_a_clear_error(azurite: Any) -> None:
+    done = cli(azurite.connection_string, "bad-hub", "status", "x")
+    assert done.returncode == 2
+    assert "letters and digits" in done.stderr
