@@ -168,13 +168,22 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("id")
     status.add_argument("--history", action="store_true", help="include the history events")
 
-    azurite = sub.add_parser("azurite", help="run the Azurite emulator in the foreground")
-    azurite.add_argument("azurite_args", nargs=argparse.REMAINDER, help="options for azurite")
+    sub.add_parser(
+        "azurite",
+        help="run the Azurite emulator in the foreground",
+        description="Install Azurite if needed and run it until Ctrl-C. Options after "
+        "'azurite' (--host, --port-base, --blob-port, --queue-port, --table-port, "
+        "--location) go to the emulator manager.",
+    )
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command != "azurite":
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.azurite_args = extra
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

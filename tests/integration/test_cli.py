@@ -114,3 +114,34 @@ def test_invalid_task_hub_name_is_a_clear_error(azurite: Any) -> None:
     done = cli(azurite.connection_string, "bad-hub", "status", "x")
     assert done.returncode == 2
     assert "letters and digits" in done.stderr
+
+
+def test_azurite_command_runs_the_emulator_until_sigterm() -> None:
+    import signal
+
+    from durable_azure import azurite as az
+
+    ports = az.AzuritePorts.from_base(az.find_free_port_base(start=27000))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "durable_azure.cli", "azurite", "--port-base", str(ports[0])],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    lines: list[str] = []
+    try:
+        # The command prints the connection string once Azurite answers.
+        assert proc.stdout is not None
+        for line in proc.stdout:  # ends if the process exits early
+            lines.append(line)
+            if "QueueEndpoint=" in line:
+                break
+        assert az.is_answering(az.DEFAULT_HOST, ports), "".join(lines)
+        proc.send_signal(signal.SIGTERM)
+        output, _ = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, "".join(lines) + output
+    assert f"QueueEndpoint=http://127.0.0.1:{ports[1]}/devstoreaccount1" in "".join(lines)
+    assert not az.is_answering(az.DEFAULT_HOST, ports)
