@@ -11,6 +11,7 @@ The :class:`ActivityRunner` runs one work item and sends its response.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
 import traceback
@@ -41,8 +42,9 @@ from durable_azure.errors import SessionAbortedError, StorageError, UnknownFunct
 from durable_azure.storage.codec import completion_of
 from durable_azure.storage.messages import TaskMessage
 from durable_azure.storage.names import MAX_VISIBILITY_TIMEOUT
+from durable_azure.storage.primitives import QueueMessage
 from durable_azure.storage.provider import AzureStorageProvider, Checkpoint, Outbound
-from durable_azure.storage.queues import ReceivedMessage
+from durable_azure.storage.queues import DEFAULT_VISIBILITY_TIMEOUT, ReceivedMessage
 from durable_azure.storage.tracking import LoadedHistory
 
 logger = logging.getLogger(__name__)
@@ -127,6 +129,16 @@ class EpisodeRunner:
                 "episode of %s failed on storage, messages abandoned: %s",
                 instance_id,
                 exc,
+                extra=log_extra,
+            )
+            self.cache.drop(instance_id)
+            await _abandon_all(batch)
+        except Exception:
+            # A bug or a payload this version cannot handle: keep the messages (never
+            # drop them) and retry with a growing delay rather than in a tight loop.
+            logger.exception(
+                "episode of %s failed unexpectedly, messages abandoned with backoff",
+                instance_id,
                 extra=log_extra,
             )
             self.cache.drop(instance_id)
@@ -460,10 +472,13 @@ class ActivityRunner:
         provider: AzureStorageProvider,
         activities: Callable[[str], Callable[..., Any] | None],
         executor: Executor | None,
+        *,
+        visibility_timeout: timedelta = DEFAULT_VISIBILITY_TIMEOUT,
     ) -> None:
         self.provider = provider
         self.activities = activities
         self.executor = executor
+        self.visibility_timeout = visibility_timeout
 
     async def execute(self, name: str, input_text: str | None, task_id: int) -> HistoryEvent:
         """Run activity ``name``; returns its TaskCompleted or TaskFailed for ``task_id``."""
@@ -509,7 +524,16 @@ class ActivityRunner:
             logger.error("work-item queue held a %s message; deleting it", type(scheduled).__name__)
             await received.queue.delete(received.raw)
             return
-        response = await self.execute(scheduled.name, scheduled.input, scheduled.event_id)
+        # Keep the work item hidden while the activity runs, however long it takes, so no
+        # other worker starts it a second time; each renewal gives a new pop receipt.
+        latest = [received.raw]
+        keeper = asyncio.create_task(self._keep_hidden(received, latest))
+        try:
+            response = await self.execute(scheduled.name, scheduled.input, scheduled.event_id)
+        finally:
+            keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await keeper
         await self.provider.send(
             Outbound(
                 TaskMessage(
@@ -520,4 +544,15 @@ class ActivityRunner:
                 )
             )
         )
-        await received.queue.delete(received.raw)
+        await received.queue.delete(latest[0])
+
+    async def _keep_hidden(self, received: ReceivedMessage, latest: list[QueueMessage]) -> None:
+        interval = max(1.0, self.visibility_timeout.total_seconds() / 2)
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                latest[0] = await received.queue.renew(latest[0], self.visibility_timeout)
+            except StorageError as exc:
+                # Transient: the next renewal may succeed; if the message is gone another
+                # worker may run the activity too (its result is deduplicated).
+                logger.warning("could not extend work item %s: %s", received.raw.id, exc)

@@ -128,7 +128,12 @@ class Worker:
         self.episodes = EpisodeRunner(
             self.provider, app.get_orchestrator, cache_size=self.options.history_cache_size
         )
-        self.activities = ActivityRunner(self.provider, app.get_activity, self._executor)
+        self.activities = ActivityRunner(
+            self.provider,
+            app.get_activity,
+            self._executor,
+            visibility_timeout=self.options.visibility_timeout,
+        )
         self._orchestration_slots = asyncio.Semaphore(self.options.max_concurrent_orchestrations)
         self._activity_slots = asyncio.Semaphore(self.options.max_concurrent_activities)
         self._backoffs: dict[str, _Backoff] = {}

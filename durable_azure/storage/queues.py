@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import itertools
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 
 from durable_azure.errors import MessageGoneError, NotFoundError
@@ -141,6 +141,19 @@ class TaskHubQueue:
             return False
         return True
 
+    async def renew(self, raw: QueueMessage, visibility: timedelta) -> QueueMessage:
+        """Hide a received message for another ``visibility``; returns it with its new
+        pop receipt (the old one no longer works).
+
+        Raises:
+            MessageGoneError: the message was deleted, or its receipt is stale.
+        """
+        assert raw.pop_receipt is not None
+        receipt = await self.queue.update_visibility(
+            raw.id, raw.pop_receipt, visibility.total_seconds()
+        )
+        return replace(raw, pop_receipt=receipt)
+
     async def abandon(self, raw: QueueMessage, delay: float | None = None) -> None:
         """Make a received message visible again after a backoff delay."""
         assert raw.pop_receipt is not None
@@ -157,6 +170,4 @@ class TaskHubQueue:
 
 
 def _with_sequence(message: TaskMessage) -> TaskMessage:
-    from dataclasses import replace
-
     return replace(message, sequence_number=next(_sequence))

@@ -1,0 +1,87 @@
+"""Worker behaviour on the in-memory primitives (the real provider, runner and worker)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Generator
+from datetime import timedelta
+from typing import Any
+
+from durable_azure import DurableApp, DurableClient, OrchestrationStatus, Worker, WorkerOptions
+from durable_azure.runner import EpisodeRunner
+from durable_azure.storage.provider import AzureStorageProvider
+from durable_azure.testing.memory import MemoryStorageAccount
+
+HUB = "workerhub"
+
+
+def make_app(activity_seconds: float, calls: list[str]) -> DurableApp:
+    app = DurableApp(task_hub=HUB)
+    lock = threading.Lock()
+
+    @app.activity
+    def slow(x: int) -> int:
+        with lock:
+            calls.append(threading.current_thread().name)
+        time.sleep(activity_seconds)
+        return x + 1
+
+    @app.orchestrator
+    def one_slow_step(ctx: Any) -> Generator[Any, Any, int]:
+        return (yield ctx.call_activity(slow, ctx.get_input()))
+
+    return app
+
+
+async def test_long_activity_is_kept_hidden_and_runs_once_with_two_workers() -> None:
+    # Visibility 1 s, activity 3.5 s: without renewal the second worker would receive the
+    # work item again after 1 s and run it a second time.
+    calls: list[str] = []
+    app = make_app(3.5, calls)
+    account = MemoryStorageAccount()
+    options = WorkerOptions(
+        visibility_timeout=timedelta(seconds=1), min_poll_interval=0.05, max_poll_interval=0.1
+    )
+    workers = [Worker(app, account=account, options=options) for _ in range(2)]
+    for worker in workers:
+        await worker.start()
+    try:
+        client = DurableClient(AzureStorageProvider(account, app.settings().names))
+        instance_id = await client.start_new("one_slow_step", client_input=41)
+        status = await client.wait_for_completion(instance_id, timeout=30)
+    finally:
+        for worker in workers:
+            await worker.stop()
+    assert status.runtime_status is OrchestrationStatus.Completed
+    assert status.output == 42
+    assert len(calls) == 1, calls
+
+
+async def test_unexpected_runner_error_keeps_the_messages_for_a_later_retry() -> None:
+    calls: list[str] = []
+    app = make_app(0.0, calls)
+    account = MemoryStorageAccount()
+    provider = AzureStorageProvider(account, app.settings().names)
+    await provider.create_if_not_exists()
+    client = DurableClient(provider)
+    instance_id = await client.start_new("one_slow_step", client_input=1)
+    queue = provider.control_queue_of(instance_id)
+
+    def broken_registry(name: str) -> Any:
+        raise RuntimeError("registry bug")
+
+    received, _ = await queue.receive(32, timedelta(minutes=5))
+    assert len(received) == 1
+    await EpisodeRunner(provider, broken_registry).process(instance_id, received)
+
+    # Not deleted, not applied: hidden for a backoff delay, then delivered again.
+    assert await queue.queue.approximate_count() == 1
+    assert (await provider.load_history(instance_id)).events == []
+    await asyncio.sleep(1.1)  # the first backoff is 1 s
+    again, _ = await queue.receive(32, timedelta(minutes=5))
+    assert [m.raw.id for m in again] == [received[0].raw.id]
+    assert again[0].dequeue_count == 2
+    await EpisodeRunner(provider, app.get_orchestrator).process(instance_id, again)
+    assert (await provider.read_instance(instance_id)).runtime_status.name == "Running"
