@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import contextlib
 import enum
-import json
 import math
 import re
 import uuid
@@ -60,7 +59,6 @@ from durable_azure.errors import (
     TransactionFailedError,
 )
 from durable_azure.storage.primitives import (
-    MAX_TRANSACTION_OPS,
     AnyOf,
     Clause,
     Cmp,
@@ -73,14 +71,17 @@ from durable_azure.storage.primitives import (
     TableOpKind,
     TableValue,
     UpdateMode,
+    check_clauses,
+    check_message_count,
+    check_page_size,
+    check_transaction,
+    check_visibility_timeout,
+    decode_continuation,
+    encode_continuation,
+    require_aware,
 )
 
 __all__ = ["AzureBlobContainer", "AzureQueue", "AzureStorageAccount", "AzureTable"]
-
-#: Azure's maximum visibility timeout (and delay) for a queue message: 7 days.
-MAX_VISIBILITY_SECONDS = 7 * 24 * 3600
-#: Azure's maximum number of messages per receive / peek request.
-MAX_MESSAGES_PER_REQUEST = 32
 
 #: Retry settings for the queue and blob clients. Their SDK default waits 15 s (+-3) before
 #: the first retry; a connection the server closed while idle (Azurite closes keep-alive
@@ -94,7 +95,6 @@ STORAGE_RETRY: dict[str, Any] = {
 }
 
 _INT32_MIN, _INT32_MAX = -(2**31), 2**31 - 1
-_COLUMN_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _PARAM_RE = re.compile(r"@p(\d+)")
 
 
@@ -155,13 +155,6 @@ def _being_deleted(err: AlreadyExistsError) -> bool:
 # --- value conversion --------------------------------------------------------------------
 
 
-def _utc(value: datetime) -> datetime:
-    if value.tzinfo is None:
-        # The SDK would silently read a naive datetime as *local* time; refuse instead.
-        raise ValueError(f"table date-times must be timezone-aware (UTC), got {value!r}")
-    return value.astimezone(timezone.utc)
-
-
 def _to_sdk_value(value: TableValue) -> TableValue:
     if isinstance(value, enum.Enum):
         # The SDK writes str(member), i.e. "Kind.NAME" even for str enums; store the value.
@@ -172,7 +165,7 @@ def _to_sdk_value(value: TableValue) -> TableValue:
         # A plain int outside int32 makes the SDK raise TypeError; write it as Edm.Int64.
         return EntityProperty(value, EdmType.INT64)
     if isinstance(value, datetime):
-        return _utc(value)
+        return require_aware(value)
     return value
 
 
@@ -219,18 +212,12 @@ def _odata_literal(value: TableValue) -> str:
     if isinstance(value, str):
         return "'" + value.replace("'", "''") + "'"
     if isinstance(value, datetime):
-        return "datetime'" + _utc(value).strftime("%Y-%m-%dT%H:%M:%S.%fZ") + "'"
+        return "datetime'" + require_aware(value).strftime("%Y-%m-%dT%H:%M:%S.%fZ") + "'"
     if isinstance(value, uuid.UUID):
         return f"guid'{value}'"
     if isinstance(value, bytes):
         return f"X'{value.hex()}'"
     raise TypeError(f"unsupported filter value type: {type(value).__name__}")
-
-
-def _column(name: str) -> str:
-    if not _COLUMN_RE.match(name):
-        raise ValueError(f"invalid column name in filter: {name!r}")
-    return name
 
 
 def build_filter(partition_key: str | None, where: Sequence[Clause]) -> str:
@@ -240,19 +227,18 @@ def build_filter(partition_key: str | None, where: Sequence[Clause]) -> str:
     substituted as typed, escaped literals. (We do not use the SDK's ``parameters=``: it
     splits on spaces, so ``(@p0)`` breaks, and it writes 2**31..2**32-1 without the ``L``.)
     """
+    check_clauses(where)
     params: list[TableValue] = []
 
     def cmp(c: Cmp) -> str:
         params.append(c.value)
-        return f"{_column(c.column)} {c.op.value} @p{len(params) - 1}"
+        return f"{c.column} {c.op.value} @p{len(params) - 1}"
 
     parts: list[str] = []
     if partition_key is not None:
         parts.append(cmp(Cmp("PartitionKey", Op.EQ, partition_key)))
     for clause in where:
         if isinstance(clause, AnyOf):
-            if not clause.alternatives:
-                raise ValueError("AnyOf needs at least one alternative")
             parts.append("(" + " or ".join(cmp(a) for a in clause.alternatives) + ")")
         else:
             parts.append(cmp(clause))
@@ -261,35 +247,18 @@ def build_filter(partition_key: str | None, where: Sequence[Clause]) -> str:
 
 
 def _encode_token(token: Any) -> str | None:
-    """The SDK's ``{"PartitionKey", "RowKey"}`` continuation dict as a JSON string."""
+    """The SDK's ``{"PartitionKey", "RowKey"}`` continuation dict as our token."""
     if not token:
         return None
-    return json.dumps({"pk": token.get("PartitionKey"), "rk": token.get("RowKey")})
+    return encode_continuation(token.get("PartitionKey"), token.get("RowKey"))
 
 
 def _decode_token(token: str | None) -> dict[str, Any] | None:
+    """Our token as the SDK's continuation dict."""
     if token is None:
         return None
-    try:
-        data = json.loads(token)
-        return {"PartitionKey": data["pk"], "RowKey": data["rk"]}
-    except (ValueError, KeyError, TypeError) as err:
-        raise ValueError(f"invalid continuation token: {token!r}") from err
-
-
-def _visibility(seconds: float, *, minimum: int = 0) -> int:
-    """Whole seconds for the service (rounded up), validated before anything is sent."""
-    if not minimum <= seconds <= MAX_VISIBILITY_SECONDS:
-        raise ValueError(
-            f"visibility timeout must be within {minimum}..{MAX_VISIBILITY_SECONDS} s, "
-            f"got {seconds}"
-        )
-    return math.ceil(seconds)
-
-
-def _check_count(n: int) -> None:
-    if not 1 <= n <= MAX_MESSAGES_PER_REQUEST:
-        raise ValueError(f"max_messages must be 1..{MAX_MESSAGES_PER_REQUEST}, got {n}")
+    partition_key, row_key = decode_continuation(token)
+    return {"PartitionKey": partition_key, "RowKey": row_key}
 
 
 def _sdk_mode(mode: UpdateMode) -> Any:
@@ -347,7 +316,7 @@ class AzureQueue:
 
     async def send(self, content: str, *, visibility_timeout: float = 0.0) -> None:
         """Enqueue ``content`` (raw text) with infinite TTL, hidden for ``visibility_timeout``."""
-        delay = _visibility(visibility_timeout)
+        delay = check_visibility_timeout(visibility_timeout)
         self._stats.add(OpKind.QUEUE_SEND)
         with _azure_errors(f"send to {self.name}"):
             await self._client.send_message(content, visibility_timeout=delay, time_to_live=-1)
@@ -357,8 +326,8 @@ class AzureQueue:
 
         The service requires a receive visibility timeout of at least 1 s.
         """
-        _check_count(max_messages)
-        hide = _visibility(visibility_timeout, minimum=1)
+        check_message_count(max_messages)
+        hide = check_visibility_timeout(visibility_timeout, minimum=1)
         self._stats.add(OpKind.QUEUE_RECEIVE)
         with _azure_errors(f"receive from {self.name}"):
             # Without messages_per_page the SDK pages one message per HTTP call, and
@@ -383,7 +352,7 @@ class AzureQueue:
         self, message_id: str, pop_receipt: str, visibility_timeout: float
     ) -> str:
         """Change a received message's visibility; returns the new pop receipt."""
-        hide = _visibility(visibility_timeout)
+        hide = check_visibility_timeout(visibility_timeout)
         self._stats.add(OpKind.QUEUE_UPDATE)
         with _azure_errors(f"update message {message_id} in {self.name}", message_op=True):
             updated = await self._client.update_message(
@@ -393,7 +362,7 @@ class AzureQueue:
 
     async def peek(self, max_messages: int) -> list[QueueMessage]:
         """Up to ``max_messages`` (1-32) visible messages, without receiving them."""
-        _check_count(max_messages)
+        check_message_count(max_messages)
         self._stats.add(OpKind.QUEUE_PEEK)
         with _azure_errors(f"peek {self.name}"):
             messages = await self._client.peek_messages(max_messages=max_messages)
@@ -470,8 +439,7 @@ class AzureTable:
         continuation: str | None = None,
     ) -> tuple[list[Entity], str | None]:
         """One page of matching entities (everything when ``page_size`` is None)."""
-        if page_size is not None and page_size < 1:
-            raise ValueError(f"page_size must be positive, got {page_size}")
+        check_page_size(page_size)
         query_filter = build_filter(partition_key, where)
         start = _decode_token(continuation)
         columns = _with_keys(select)
@@ -539,7 +507,8 @@ class AzureTable:
 
     async def transaction(self, ops: Sequence[TableOp]) -> list[str]:
         """Apply 1-100 ops on one partition atomically; returns their ETags (``""`` for deletes)."""
-        batch = [_sdk_operation(op) for op in validate_transaction(ops)]
+        check_transaction(ops)
+        batch = [_sdk_operation(op) for op in ops]
         self._stats.add(OpKind.TABLE_BATCH)
         with _azure_errors(f"transaction on {self.name}"):
             try:
@@ -556,22 +525,6 @@ class AzureTable:
                     cause=cause,
                 ) from err
         return [_etag_of(r) for r in results]
-
-
-def validate_transaction(ops: Sequence[TableOp]) -> Sequence[TableOp]:
-    """Client-side checks: 1..100 ops, keys present, one PartitionKey (ValueError)."""
-    if not 1 <= len(ops) <= MAX_TRANSACTION_OPS:
-        raise ValueError(f"a transaction needs 1..{MAX_TRANSACTION_OPS} ops, got {len(ops)}")
-    partitions = set()
-    for op in ops:
-        if "PartitionKey" not in op.entity or "RowKey" not in op.entity:
-            raise ValueError("every transaction op needs PartitionKey and RowKey")
-        partitions.add(op.entity["PartitionKey"])
-        if op.kind in (TableOpKind.UPDATE_MERGE, TableOpKind.UPDATE_REPLACE) and not op.etag:
-            raise ValueError(f"{op.kind.value} needs an etag ('*' matches any)")
-    if len(partitions) != 1:
-        raise ValueError(f"a transaction must use one PartitionKey, got {sorted(partitions)}")
-    return ops
 
 
 def _sdk_operation(op: TableOp) -> tuple[Any, ...]:

@@ -11,16 +11,23 @@ these protocols. Two implementations exist:
 Both translate failures into :mod:`durable_azure.errors` (``NotFoundError``,
 ``AlreadyExistsError``, ``ConditionFailedError``, ``MessageGoneError``,
 ``TransactionFailedError``) and both count operations in a :class:`StorageStats`.
+Both also reject the same bad arguments, with the same :class:`ValueError`, before anything
+is sent or changed: the ``check_*`` functions at the end of this module are those rules.
 """
 
 from __future__ import annotations
 
 import enum
+import json
+import math
+import re
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any, Protocol, runtime_checkable
+
+from durable_azure.storage.names import MAX_MESSAGES_PER_RECEIVE, MAX_VISIBILITY_TIMEOUT
 
 #: A table property value: str, int, float, bool, datetime (UTC, aware), bytes or None.
 TableValue = Any
@@ -334,3 +341,133 @@ class StorageAccount(Protocol):
 
     async def close(self) -> None:
         """Release network resources."""
+
+
+# --- argument checks both implementations make before sending anything -------------------
+
+_MAX_VISIBILITY_SECONDS = int(MAX_VISIBILITY_TIMEOUT.total_seconds())
+_COLUMN_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def check_visibility_timeout(seconds: float, *, minimum: int = 0) -> int:
+    """Azure's queue visibility rule: ``minimum``..7 days; returns whole seconds, rounded up.
+
+    Send and Update Message allow 0 s; Get Messages needs at least 1 s (``minimum=1``). The
+    service takes whole seconds, so a fraction is rounded up (never shown early).
+
+    Raises:
+        ValueError: the timeout is outside ``minimum``..:data:`MAX_VISIBILITY_TIMEOUT`.
+    """
+    if not minimum <= seconds <= _MAX_VISIBILITY_SECONDS:
+        raise ValueError(
+            f"visibility timeout must be within {minimum}..{_MAX_VISIBILITY_SECONDS} s, "
+            f"got {seconds}"
+        )
+    return math.ceil(seconds)
+
+
+def check_message_count(n: int) -> None:
+    """Azure's rule for Get / Peek Messages: 1..:data:`MAX_MESSAGES_PER_RECEIVE` (32) per request.
+
+    Raises:
+        ValueError: ``n`` is outside that range.
+    """
+    if not 1 <= n <= MAX_MESSAGES_PER_RECEIVE:
+        raise ValueError(f"max_messages must be 1..{MAX_MESSAGES_PER_RECEIVE}, got {n}")
+
+
+def check_transaction(ops: Sequence[TableOp]) -> str:
+    """Azure's entity-group transaction rules; returns the one PartitionKey the ops share.
+
+    1..:data:`MAX_TRANSACTION_OPS` operations, each with PartitionKey and RowKey, all with
+    the same PartitionKey, and an etag on every update (``"*"`` matches any). (Azurite
+    answers more than 100 ops with a malformed body, so this is checked before sending.)
+
+    Raises:
+        ValueError: naming the rule that was broken.
+    """
+    if not 1 <= len(ops) <= MAX_TRANSACTION_OPS:
+        raise ValueError(f"a transaction needs 1..{MAX_TRANSACTION_OPS} ops, got {len(ops)}")
+    partitions = set()
+    for op in ops:
+        if "PartitionKey" not in op.entity or "RowKey" not in op.entity:
+            raise ValueError("every transaction op needs PartitionKey and RowKey")
+        partitions.add(op.entity["PartitionKey"])
+        if op.kind in (TableOpKind.UPDATE_MERGE, TableOpKind.UPDATE_REPLACE) and not op.etag:
+            raise ValueError(f"{op.kind.value} needs an etag ('*' matches any)")
+    if len(partitions) != 1:
+        raise ValueError(f"a transaction must use one PartitionKey, got {sorted(partitions)}")
+    return str(next(iter(partitions)))
+
+
+def check_column_name(name: str) -> str:
+    """Return ``name`` if a filter may use it as a column: an ASCII identifier.
+
+    Azure property names follow C# identifier rules; checking this also keeps a column from
+    smuggling an OData expression into ``$filter`` (``"N eq 1 or N"``).
+
+    Raises:
+        ValueError: ``name`` is not an identifier.
+    """
+    if not _COLUMN_NAME.match(name):
+        raise ValueError(f"invalid column name in filter: {name!r}")
+    return name
+
+
+def check_clauses(where: Sequence[Clause]) -> None:
+    """The filter's shape: every :class:`AnyOf` has an alternative, every column is a name.
+
+    Clauses are checked in order; the values are left to each implementation (the Azure one
+    renders them as OData literals, the memory one stores-and-compares them).
+
+    Raises:
+        ValueError: an empty :class:`AnyOf` or a bad column name (:func:`check_column_name`).
+    """
+    for clause in where:
+        cmps = clause.alternatives if isinstance(clause, AnyOf) else (clause,)
+        if not cmps:
+            raise ValueError("AnyOf needs at least one alternative")
+        for cmp in cmps:
+            check_column_name(cmp.column)
+
+
+def check_page_size(page_size: int | None) -> None:
+    """A query page size (``$top``), if given, is at least 1.
+
+    Raises:
+        ValueError: ``page_size`` is zero or negative.
+    """
+    if page_size is not None and page_size < 1:
+        raise ValueError(f"page_size must be positive, got {page_size}")
+
+
+def require_aware(value: datetime) -> datetime:
+    """A table date-time as aware UTC (Edm.DateTime is UTC); naive ones are refused.
+
+    The SDK would silently read a naive datetime as *local* time.
+
+    Raises:
+        ValueError: ``value`` has no time zone.
+    """
+    if value.tzinfo is None:
+        raise ValueError(f"table date-times must be timezone-aware (UTC), got {value!r}")
+    return value.astimezone(timezone.utc)
+
+
+def encode_continuation(partition_key: str | None, row_key: str | None) -> str:
+    """A query continuation token: the next (PartitionKey, RowKey), as both implementations
+    hand it to callers (the service's ``NextPartitionKey`` / ``NextRowKey``)."""
+    return json.dumps({"pk": partition_key, "rk": row_key})
+
+
+def decode_continuation(token: str) -> tuple[Any, Any]:
+    """The (PartitionKey, RowKey) in a token from :func:`encode_continuation`.
+
+    Raises:
+        ValueError: ``token`` is not such a token.
+    """
+    try:
+        data = json.loads(token)
+        return data["pk"], data["rk"]
+    except (ValueError, KeyError, TypeError) as err:
+        raise ValueError(f"invalid continuation token: {token!r}") from err

@@ -32,7 +32,6 @@ from __future__ import annotations
 import asyncio
 import enum
 import itertools
-import json
 import math
 import re
 import uuid
@@ -50,7 +49,6 @@ from durable_azure.errors import (
     TransactionFailedError,
 )
 from durable_azure.storage.primitives import (
-    MAX_TRANSACTION_OPS,
     AnyOf,
     Clause,
     Cmp,
@@ -63,6 +61,14 @@ from durable_azure.storage.primitives import (
     TableOpKind,
     TableValue,
     UpdateMode,
+    check_clauses,
+    check_message_count,
+    check_page_size,
+    check_transaction,
+    check_visibility_timeout,
+    decode_continuation,
+    encode_continuation,
+    require_aware,
 )
 
 __all__ = ["Clock", "FaultHook", "MemoryStorageAccount"]
@@ -72,8 +78,6 @@ Clock = Callable[[], datetime]
 #: Called as ``hook(op_kind, resource_name)`` before an operation; raise to make it fail.
 FaultHook = Callable[[OpKind, str], None]
 
-MAX_VISIBILITY_SECONDS = 7 * 24 * 3600
-MAX_MESSAGES_PER_REQUEST = 32
 MAX_MESSAGE_BYTES = 64 * 1024
 MAX_PROPERTY_BYTES = 64 * 1024  # strings measured as UTF-16, like the service
 MAX_ENTITY_BYTES = 1024 * 1024
@@ -85,7 +89,6 @@ _INT32 = range(-(2**31), 2**31)
 _INT64 = range(-(2**63), 2**63)
 _QUEUE_NAME_RE = re.compile(r"^[a-z0-9](?!.*--)[a-z0-9-]{1,61}[a-z0-9]$")
 _TABLE_NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9]{2,62}$")
-_COLUMN_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _BAD_KEY_CHARS = re.compile(r"[/\\#?\x00-\x1f\x7f-\x9f]")
 
 
@@ -95,21 +98,6 @@ def _utc_now() -> datetime:
 
 def _err(cls: type[StorageError], status: int, code: str, what: str) -> StorageError:
     return cls(f"{what}: HTTP {status} {code}", status=status, code=code)
-
-
-def _visibility(seconds: float, *, minimum: int = 0) -> int:
-    """Whole seconds (rounded up, as the Azure implementation sends them), validated."""
-    if not minimum <= seconds <= MAX_VISIBILITY_SECONDS:
-        raise ValueError(
-            f"visibility timeout must be within {minimum}..{MAX_VISIBILITY_SECONDS} s, "
-            f"got {seconds}"
-        )
-    return math.ceil(seconds)
-
-
-def _check_count(n: int) -> None:
-    if not 1 <= n <= MAX_MESSAGES_PER_REQUEST:
-        raise ValueError(f"max_messages must be 1..{MAX_MESSAGES_PER_REQUEST}, got {n}")
 
 
 # --- the account -------------------------------------------------------------------------
@@ -264,7 +252,7 @@ class MemoryQueue:
 
     async def send(self, content: str, *, visibility_timeout: float = 0.0) -> None:
         """Enqueue ``content``, hidden for ``visibility_timeout`` seconds."""
-        delay = _visibility(visibility_timeout)
+        delay = check_visibility_timeout(visibility_timeout)
         await self._account._enter(OpKind.QUEUE_SEND, self._name)
         messages = self._messages()
         if len(content.encode("utf-8")) > MAX_MESSAGE_BYTES:
@@ -281,8 +269,8 @@ class MemoryQueue:
 
     async def receive(self, max_messages: int, visibility_timeout: float) -> list[QueueMessage]:
         """Receive up to ``max_messages`` visible messages, hiding each for the timeout."""
-        _check_count(max_messages)
-        hide = _visibility(visibility_timeout, minimum=1)
+        check_message_count(max_messages)
+        hide = check_visibility_timeout(visibility_timeout, minimum=1)
         await self._account._enter(OpKind.QUEUE_RECEIVE, self._name)
         now = self._account.now()
         out = []
@@ -320,7 +308,7 @@ class MemoryQueue:
         self, message_id: str, pop_receipt: str, visibility_timeout: float
     ) -> str:
         """Change a received message's visibility; returns the new pop receipt."""
-        hide = _visibility(visibility_timeout)
+        hide = check_visibility_timeout(visibility_timeout)
         await self._account._enter(OpKind.QUEUE_UPDATE, self._name)
         msg = self._received(message_id, pop_receipt, f"update {message_id} in {self._name}")
         msg.pop_receipt = uuid.uuid4().hex
@@ -329,7 +317,7 @@ class MemoryQueue:
 
     async def peek(self, max_messages: int) -> list[QueueMessage]:
         """Up to ``max_messages`` visible messages, unchanged and without pop receipts."""
-        _check_count(max_messages)
+        check_message_count(max_messages)
         await self._account._enter(OpKind.QUEUE_PEEK, self._name)
         return [
             QueueMessage(
@@ -363,9 +351,7 @@ def _normalize(value: TableValue, column: str) -> TableValue:
             raise TypeError(f"{column}: {value} does not fit Edm.Int64")
         return value
     if isinstance(value, datetime):
-        if value.tzinfo is None:
-            raise ValueError(f"table date-times must be timezone-aware (UTC), got {value!r}")
-        return value.astimezone(timezone.utc)
+        return require_aware(value)
     raise TypeError(f"{column}: unsupported table value type {type(value).__name__}")
 
 
@@ -440,14 +426,11 @@ def _cmp_matches(row: _Row, cmp: Cmp) -> bool:
 
 
 def _validate_where(where: Sequence[Clause]) -> None:
-    """Reject bad filters up front, as the Azure implementation does while building $filter."""
+    """Reject bad filters up front, as the Azure implementation does while building $filter:
+    first the shape (AnyOf, column names), then the values."""
+    check_clauses(where)
     for clause in where:
-        cmps = clause.alternatives if isinstance(clause, AnyOf) else (clause,)
-        if not cmps:
-            raise ValueError("AnyOf needs at least one alternative")
-        for c in cmps:
-            if not _COLUMN_RE.match(c.column):
-                raise ValueError(f"invalid column name in filter: {c.column!r}")
+        for c in clause.alternatives if isinstance(clause, AnyOf) else (clause,):
             if c.value is None:
                 raise TypeError("unsupported filter value type: NoneType")
             _normalize(c.value, c.column)
@@ -474,28 +457,11 @@ def _to_entity(row: _Row, select: Sequence[str] | None) -> Entity:
 
 
 def _decode_token(token: str | None) -> tuple[str, str] | None:
+    """A continuation token as the (PartitionKey, RowKey) key the next page starts at."""
     if token is None:
         return None
-    try:
-        data = json.loads(token)
-        return str(data["pk"]), str(data["rk"])
-    except (ValueError, KeyError, TypeError) as err:
-        raise ValueError(f"invalid continuation token: {token!r}") from err
-
-
-def validate_transaction(ops: Sequence[TableOp]) -> None:
-    """Client-side checks: 1..100 ops, keys present, one PartitionKey (ValueError)."""
-    if not 1 <= len(ops) <= MAX_TRANSACTION_OPS:
-        raise ValueError(f"a transaction needs 1..{MAX_TRANSACTION_OPS} ops, got {len(ops)}")
-    partitions = set()
-    for op in ops:
-        if "PartitionKey" not in op.entity or "RowKey" not in op.entity:
-            raise ValueError("every transaction op needs PartitionKey and RowKey")
-        partitions.add(op.entity["PartitionKey"])
-        if op.kind in (TableOpKind.UPDATE_MERGE, TableOpKind.UPDATE_REPLACE) and not op.etag:
-            raise ValueError(f"{op.kind.value} needs an etag ('*' matches any)")
-    if len(partitions) != 1:
-        raise ValueError(f"a transaction must use one PartitionKey, got {sorted(partitions)}")
+    partition_key, row_key = decode_continuation(token)
+    return str(partition_key), str(row_key)
 
 
 # --- tables ------------------------------------------------------------------------------
@@ -549,8 +515,7 @@ class MemoryTable:
         continuation: str | None = None,
     ) -> tuple[list[Entity], str | None]:
         """One page of matching entities in (PartitionKey, RowKey) order."""
-        if page_size is not None and page_size < 1:
-            raise ValueError(f"page_size must be positive, got {page_size}")
+        check_page_size(page_size)
         start = _decode_token(continuation)
         _validate_where(where)
         await self._account._enter(OpKind.TABLE_QUERY, self._name)
@@ -571,7 +536,7 @@ class MemoryTable:
         token = None
         if len(matches) > page_size:
             pk, rk = matches[page_size][0]
-            token = json.dumps({"pk": pk, "rk": rk})
+            token = encode_continuation(pk, rk)
         return [_to_entity(row, select) for _, row in matches[:page_size]], token
 
     def _apply(
@@ -643,7 +608,7 @@ class MemoryTable:
 
     async def transaction(self, ops: Sequence[TableOp]) -> list[str]:
         """Apply 1-100 ops on one partition atomically; returns their ETags (``""`` for deletes)."""
-        validate_transaction(ops)
+        check_transaction(ops)
         prepared = [_prepare(op.entity, f"transaction op #{i}") for i, op in enumerate(ops)]
         await self._account._enter(OpKind.TABLE_BATCH, self._name)
         rows = self._rows()
