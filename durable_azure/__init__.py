@@ -7,12 +7,14 @@ from durable_azure.app import DurableApp
 from durable_azure.client import DurableClient, DurableOrchestrationStatus, WaitTimeoutError
 from durable_azure.engine.context import OrchestrationContext
 from durable_azure.engine.history import OrchestrationStatus
+from durable_azure.engine.retry import RetryOptions
 from durable_azure.engine.tasks import Task
 from durable_azure.errors import (
     ConfigurationError,
     DurableAzureError,
     InstanceAlreadyExistsError,
     InstanceNotFoundError,
+    InstanceStateError,
     InvalidInstanceIdError,
     NonDeterministicOrchestrationError,
     StorageError,
@@ -32,10 +34,12 @@ __all__ = [
     "DurableOrchestrationStatus",
     "InstanceAlreadyExistsError",
     "InstanceNotFoundError",
+    "InstanceStateError",
     "InvalidInstanceIdError",
     "NonDeterministicOrchestrationError",
     "OrchestrationContext",
     "OrchestrationStatus",
+    "RetryOptions",
     "StorageError",
     "StorageSettings",
     "Task",

@@ -5,8 +5,13 @@ environment, see :mod:`durable_azure.settings`).
 
 Commands:
     worker MODULE:APP        run a worker for a DurableApp
-    start NAME [--input JSON] [--id ID] [--wait SECONDS]
+    start NAME [--input JSON] [--id ID] [--wait SECONDS] [--at ISO-TIME]
     status ID [--history]
+    raise ID NAME [--data JSON];  terminate|suspend|resume|rewind ID [--reason TEXT]
+    restart ID [--same-id]
+    list [--status S] [--created-after T] [--created-before T] [--prefix P] [--name N]
+         [--top N] [--json]
+    purge ID  |  purge --created-before T [--created-after T] [--status S] [--prefix P]
     azurite                  install the emulator if needed and run it in the foreground
 """
 
@@ -20,7 +25,7 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from durable_azure.errors import ConfigurationError, DurableAzureError
@@ -97,8 +102,9 @@ async def _cmd_start(args: argparse.Namespace) -> int:
         client_input = json.loads(args.input) if args.input is not None else None
     except json.JSONDecodeError as exc:
         raise ConfigurationError(f"--input is not valid JSON: {exc}") from exc
+    start_at = _time_arg(args.at, "--at")
     async with DurableClient.from_settings(_settings(args)) as client:
-        instance_id = await client.start_new(args.name, args.id, client_input)
+        instance_id = await client.start_new(args.name, args.id, client_input, start_at=start_at)
         if args.wait is None:
             print(instance_id)
             return EXIT_OK
@@ -110,6 +116,134 @@ async def _cmd_start(args: argparse.Namespace) -> int:
             return EXIT_TIMEOUT
         print(json.dumps(status.to_json(), indent=2))
         return EXIT_OK if status.runtime_status.name == "Completed" else EXIT_FAILED
+
+
+def _json_arg(text: str | None, option: str) -> Any:
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigurationError(f"{option} is not valid JSON: {exc}") from exc
+
+
+def _time_arg(text: str | None, option: str) -> datetime | None:
+    if text is None:
+        return None
+    try:
+        value = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise ConfigurationError(
+            f"{option} is not an ISO-8601 time (e.g. 2026-11-24T18:00:00Z): {text!r}"
+        ) from None
+    if value.tzinfo is None:
+        raise ConfigurationError(f"{option} needs a time zone (e.g. a trailing Z): {text!r}")
+    return value
+
+
+async def _cmd_control(args: argparse.Namespace) -> int:
+    """raise / terminate / suspend / resume / rewind / restart: one instance operation."""
+    from durable_azure.client import DurableClient
+
+    async with DurableClient.from_settings(_settings(args)) as client:
+        if args.command == "raise":
+            data = _json_arg(args.data, "--data")
+            await client.raise_event(args.id, args.name, data)
+        elif args.command == "terminate":
+            await client.terminate(args.id, args.reason)
+        elif args.command == "suspend":
+            await client.suspend(args.id, args.reason)
+        elif args.command == "resume":
+            await client.resume(args.id, args.reason)
+        elif args.command == "rewind":
+            await client.rewind(args.id, args.reason)
+        elif args.command == "restart":
+            print(await client.restart(args.id, restart_with_new_instance_id=not args.same_id))
+            return EXIT_OK
+        print(f"{args.command}: sent to {args.id}")
+    return EXIT_OK
+
+
+def _query_args(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "created_time_from": _time_arg(args.created_after, "--created-after"),
+        "created_time_to": _time_arg(args.created_before, "--created-before"),
+        "runtime_status": args.status or None,
+        "instance_id_prefix": args.prefix,
+    }
+
+
+async def _cmd_list(args: argparse.Namespace) -> int:
+    from durable_azure.client import DurableClient
+
+    async with DurableClient.from_settings(_settings(args)) as client:
+        found: list[Any] = []
+        token: str | None = args.continuation
+        while len(found) < args.top:
+            page, token = await client.query_instances(
+                **_query_args(args),
+                name=args.name,
+                page_size=min(1000, args.top - len(found)),
+                continuation=token,
+            )
+            found += page
+            if token is None:
+                break
+    if args.json:
+        print(json.dumps({"instances": [s.to_json() for s in found], "continuation": token}))
+        return EXIT_OK
+    rows = [
+        (
+            s.instance_id,
+            s.name,
+            s.runtime_status.name,
+            s.created_time.strftime("%Y-%m-%d %H:%M:%S") if s.created_time else "",
+            s.last_updated_time.strftime("%Y-%m-%d %H:%M:%S") if s.last_updated_time else "",
+        )
+        for s in found
+    ]
+    header = ("INSTANCE ID", "NAME", "STATUS", "CREATED (UTC)", "UPDATED (UTC)")
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        print("  ".join(str(v).ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
+    print(f"{len(rows)} instance(s)" + (f"; more: --continuation '{token}'" if token else ""))
+    return EXIT_OK
+
+
+async def _cmd_purge(args: argparse.Namespace) -> int:
+    from durable_azure.client import DurableClient
+
+    async with DurableClient.from_settings(_settings(args)) as client:
+        if args.id is not None:
+            if any(v is not None for v in _query_args(args).values()):
+                raise ConfigurationError("give an instance id or filters, not both")
+            result = await client.purge_instance_history(args.id)
+            print(f"purged {result.instances_deleted} instance(s)")
+            return EXIT_OK
+        query = _query_args(args)
+        if query["created_time_to"] is None and query["created_time_from"] is None:
+            raise ConfigurationError(
+                "purge by filter needs --created-before and/or --created-after "
+                "(so a typo cannot purge a whole task hub)"
+            )
+
+        def progress(total: int) -> None:
+            print(f"\rpurged {total} instance(s)...", end="", file=sys.stderr, flush=True)
+
+        purged = await client.purge_instance_history_by(
+            query["created_time_from"],
+            query["created_time_to"],
+            query["runtime_status"],
+            instance_id_prefix=query["instance_id_prefix"],
+            progress=progress,
+            time_limit=args.time_limit,
+            continuation=args.continuation,
+        )
+        print(file=sys.stderr)
+        print(f"purged {purged.deleted} instance(s)")
+        if not purged.complete:
+            print(f"stopped early; resume with --continuation '{purged.continuation}'")
+    return EXIT_OK
 
 
 async def _cmd_status(args: argparse.Namespace) -> int:
@@ -163,6 +297,46 @@ def build_parser() -> argparse.ArgumentParser:
     start.add_argument(
         "--wait", type=float, metavar="SECONDS", help="wait for the result and print it"
     )
+    start.add_argument("--at", metavar="ISO-TIME", help="start no earlier than this time")
+
+    raise_ = sub.add_parser("raise", help="raise an event to an instance")
+    raise_.add_argument("id")
+    raise_.add_argument("name", help="the event name")
+    raise_.add_argument("--data", help="the event data, as JSON")
+    for command, text in (
+        ("terminate", "stop an instance (it becomes Terminated)"),
+        ("suspend", "pause an instance"),
+        ("resume", "let a suspended instance continue"),
+        ("rewind", "re-run a Failed instance's failed tasks"),
+    ):
+        control = sub.add_parser(command, help=text)
+        control.add_argument("id")
+        control.add_argument("--reason", help="recorded with the operation")
+    restart = sub.add_parser("restart", help="start an instance's orchestration again")
+    restart.add_argument("id")
+    restart.add_argument(
+        "--same-id", action="store_true", help="reuse the instance id (it must have finished)"
+    )
+
+    def add_filters(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--status", action="append", help="runtime status (repeatable)")
+        p.add_argument("--created-after", metavar="ISO-TIME")
+        p.add_argument("--created-before", metavar="ISO-TIME")
+        p.add_argument("--prefix", help="instance id prefix")
+        p.add_argument("--continuation", help="resume from a token printed earlier")
+
+    listing = sub.add_parser("list", help="list instances (a table; --json for scripts)")
+    add_filters(listing)
+    listing.add_argument("--name", help="orchestration name")
+    listing.add_argument("--top", type=int, default=100, help="at most this many (100)")
+    listing.add_argument("--json", action="store_true", help="print JSON")
+
+    purge = sub.add_parser("purge", help="delete finished instances and their history")
+    purge.add_argument("id", nargs="?", help="one instance (or use filters)")
+    add_filters(purge)
+    purge.add_argument(
+        "--time-limit", type=float, metavar="S", help="stop after about this many seconds"
+    )
 
     status = sub.add_parser("status", help="print an instance's status as JSON")
     status.add_argument("id")
@@ -193,7 +367,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "azurite":
             return _cmd_azurite(args)
-        command = {"worker": _cmd_worker, "start": _cmd_start, "status": _cmd_status}
+        command = {
+            "worker": _cmd_worker,
+            "start": _cmd_start,
+            "status": _cmd_status,
+            "list": _cmd_list,
+            "purge": _cmd_purge,
+            **dict.fromkeys(
+                ("raise", "terminate", "suspend", "resume", "rewind", "restart"), _cmd_control
+            ),
+        }
         return asyncio.run(command[args.command](args))
     except DurableAzureError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -13,26 +13,46 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any
 
 from durable_azure.app import DurableApp
 from durable_azure.engine import serialization
 from durable_azure.engine.history import (
+    EventRaised,
     ExecutionCompleted,
+    ExecutionResumed,
+    ExecutionRewound,
+    ExecutionSuspended,
+    ExecutionTerminated,
     FailureDetails,
     HistoryEvent,
     OrchestrationStatus,
     TaskScheduled,
 )
-from durable_azure.errors import DurableAzureError, InstanceNotFoundError, NotFoundError
+from durable_azure.errors import (
+    DurableAzureError,
+    InstanceNotFoundError,
+    InstanceStateError,
+    NotFoundError,
+)
 from durable_azure.settings import StorageSettings
 from durable_azure.storage.codec import event_fields
 from durable_azure.storage.messages import format_timestamp
 from durable_azure.storage.names import validate_instance_id
 from durable_azure.storage.primitives import StorageAccount
 from durable_azure.storage.provider import AzureStorageProvider
+from durable_azure.storage.purge import PurgeResult, purge_instance, purge_instances
+from durable_azure.storage.queries import (
+    InstanceQuery,
+    count_instances,
+    iterate_instances,
+    parse_statuses,
+    query_instances,
+)
+from durable_azure.storage.tracking import InstanceRecord
 
 
 class WaitTimeoutError(DurableAzureError, TimeoutError):
@@ -66,6 +86,7 @@ class DurableOrchestrationStatus:
     last_updated_time: datetime | None
     failure_details: FailureDetails | None = None
     history: list[dict[str, Any]] | None = field(default=None)
+    parent_instance_id: str | None = None
 
     @property
     def is_terminal(self) -> bool:
@@ -82,6 +103,8 @@ class DurableOrchestrationStatus:
             "createdTime": _iso(self.created_time),
             "lastUpdatedTime": _iso(self.last_updated_time),
         }
+        if self.parent_instance_id is not None:
+            data["parentInstanceId"] = self.parent_instance_id
         if self.failure_details is not None:
             data["failureDetails"] = {
                 "errorType": self.failure_details.error_type,
@@ -91,6 +114,40 @@ class DurableOrchestrationStatus:
         if self.history is not None:
             data["historyEvents"] = self.history
         return data
+
+
+@dataclass(frozen=True)
+class PurgeHistoryResult:
+    """What ``purge_instance_history`` deleted (``azure-functions-durable``'s shape)."""
+
+    instances_deleted: int
+
+
+def _status(
+    record: InstanceRecord,
+    input_text: str | None,
+    output_text: str | None,
+    *,
+    failure: FailureDetails | None = None,
+    history: list[dict[str, Any]] | None = None,
+) -> DurableOrchestrationStatus:
+    return DurableOrchestrationStatus(
+        name=record.name,
+        instance_id=record.instance_id,
+        runtime_status=record.runtime_status,
+        input_=_loads_lenient(input_text),
+        output=_loads_lenient(output_text),
+        custom_status=_loads_lenient(record.custom_status),
+        created_time=record.created_time,
+        last_updated_time=record.last_updated_time,
+        failure_details=failure,
+        history=history,
+        parent_instance_id=record.parent_instance_id,
+    )
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -139,6 +196,8 @@ class DurableClient:
         orchestration_function_name: str,
         instance_id: str | None = None,
         client_input: Any = None,
+        *,
+        start_at: datetime | None = None,
     ) -> str:
         """Start an orchestration; returns its instance id.
 
@@ -148,6 +207,8 @@ class DurableClient:
                 is Completed, Failed or Terminated starts a new execution under the same
                 id, replacing the old history.
             client_input: a JSON-serializable input.
+            start_at: start no earlier than this (an aware datetime); until then the
+                instance is Pending, and events raised to it are kept for it.
 
         Raises:
             InvalidInstanceIdError: the id is empty, too long or not valid text.
@@ -159,10 +220,105 @@ class DurableClient:
             raise ValueError("the orchestration name must be a non-empty string")
         instance_id = uuid.uuid4().hex if instance_id is None else instance_id
         validate_instance_id(instance_id)
+        if start_at is not None and start_at.tzinfo is None:
+            raise ValueError("start_at must be timezone-aware (e.g. datetime.now(timezone.utc))")
         input_text = serialization.dumps(client_input)
         await self._ensure_hub()
-        await self.provider.start_instance(orchestration_function_name, instance_id, input_text)
+        await self.provider.start_instance(
+            orchestration_function_name, instance_id, input_text, start_at=start_at
+        )
         return instance_id
+
+    async def raise_event(self, instance_id: str, event_name: str, event_data: Any = None) -> None:
+        """Send an event to a Pending, Running or Suspended instance.
+
+        It is kept until the orchestrator waits for an event of that name (events of one
+        name are delivered in the order raised).
+
+        Raises:
+            InstanceNotFoundError: no such instance.
+            InstanceStateError: the instance has finished.
+        """
+        if not isinstance(event_name, str) or not event_name:
+            raise ValueError("the event name must be a non-empty string")
+        data = serialization.dumps(event_data)
+        await self._require_active(instance_id, "raise an event to")
+        await self.provider.send_to_instance(
+            instance_id, EventRaised(timestamp=_now(), name=event_name, input=data)
+        )
+
+    async def terminate(self, instance_id: str, reason: Any = None) -> None:
+        """Stop a Pending, Running or Suspended instance; it becomes Terminated with
+        ``reason`` as its output (a parent waiting on it sees a failure).
+
+        Raises:
+            InstanceNotFoundError: no such instance.
+            InstanceStateError: the instance has already finished.
+        """
+        await self._require_active(instance_id, "terminate")
+        await self.provider.send_to_instance(
+            instance_id,
+            ExecutionTerminated(timestamp=_now(), input=serialization.dumps(reason)),
+        )
+
+    async def suspend(self, instance_id: str, reason: str | None = None) -> None:
+        """Pause an instance: it makes no progress (events raised meanwhile are kept) until
+        :meth:`resume`."""
+        await self._require_active(instance_id, "suspend")
+        await self.provider.send_to_instance(
+            instance_id, ExecutionSuspended(timestamp=_now(), reason=reason)
+        )
+
+    async def resume(self, instance_id: str, reason: str | None = None) -> None:
+        """Let a suspended instance continue, with the events it received meanwhile."""
+        await self._require_active(instance_id, "resume")
+        await self.provider.send_to_instance(
+            instance_id, ExecutionResumed(timestamp=_now(), reason=reason)
+        )
+
+    async def rewind(self, instance_id: str, reason: str | None = None) -> None:
+        """Re-run a Failed instance's failed activities and sub-orchestrations; what had
+        succeeded is kept. It can then complete.
+
+        Raises:
+            InstanceNotFoundError: no such instance.
+            InstanceStateError: the instance is not Failed.
+        """
+        record = await self._record(instance_id)
+        if record.runtime_status is not OrchestrationStatus.Failed:
+            raise InstanceStateError(
+                instance_id,
+                record.runtime_status.name,
+                f"cannot rewind instance {instance_id!r}: it is "
+                f"{record.runtime_status.name}, and only a Failed instance can be rewound",
+            )
+        await self.provider.send_to_instance(
+            instance_id, ExecutionRewound(timestamp=_now(), reason=reason)
+        )
+        # Show it as Pending until the worker runs the rewind (so wait_for_completion does
+        # not return the old failure); only if the worker has not written the row yet.
+        await self.provider.instances.merge_if_unchanged(
+            instance_id,
+            {"RuntimeStatus": OrchestrationStatus.Pending.name, "LastUpdatedTime": _now()},
+            etag=record.etag,
+        )
+
+    async def restart(self, instance_id: str, restart_with_new_instance_id: bool = True) -> str:
+        """Start the instance's orchestration again with its original input; returns the
+        id of the new instance (the same id if ``restart_with_new_instance_id`` is False,
+        which needs the instance to have finished).
+
+        Raises:
+            InstanceNotFoundError: no such instance.
+            InstanceAlreadyExistsError: restarting under the same id while it runs.
+        """
+        record = await self._record(instance_id)
+        started = (await self.provider.load_history(instance_id)).started
+        input_text = started.input if started else record.input
+        name = started.name if started else record.name
+        new_id = uuid.uuid4().hex if restart_with_new_instance_id else instance_id
+        await self.provider.start_instance(name, new_id, input_text)
+        return new_id
 
     async def get_status(
         self,
@@ -176,16 +332,7 @@ class DurableClient:
         Raises:
             InstanceNotFoundError: no instance has this id.
         """
-        validate_instance_id(instance_id)
-        try:
-            record = await self.provider.read_instance(instance_id)
-        except NotFoundError:  # the Instances table itself is missing
-            raise InstanceNotFoundError(
-                f"no instance with id {instance_id!r}: task hub "
-                f"{self.provider.names.hub!r} does not exist in this storage account"
-            ) from None
-        if record is None:
-            raise InstanceNotFoundError(f"no instance with id {instance_id!r}")
+        record = await self._record(instance_id)
         payloads = self.provider.payloads
         input_text = await payloads.fetch_instance_value(record.input) if show_input else None
         output_text = await payloads.fetch_instance_value(record.output)
@@ -199,17 +346,128 @@ class DurableClient:
             failure = completed.failure_details if completed else None
             if show_history:
                 history = history_json(events, show_history_output)
-        return DurableOrchestrationStatus(
-            name=record.name,
-            instance_id=instance_id,
-            runtime_status=record.runtime_status,
-            input_=_loads_lenient(input_text),
-            output=_loads_lenient(output_text),
-            custom_status=_loads_lenient(record.custom_status),
-            created_time=record.created_time,
-            last_updated_time=record.last_updated_time,
-            failure_details=failure,
-            history=history,
+        return _status(record, input_text, output_text, failure=failure, history=history)
+
+    async def get_status_by(
+        self,
+        created_time_from: datetime | None = None,
+        created_time_to: datetime | None = None,
+        runtime_status: Sequence[OrchestrationStatus | str] | None = None,
+        instance_id_prefix: str | None = None,
+        name: str | None = None,
+    ) -> list[DurableOrchestrationStatus]:
+        """Every instance matching all the given filters (all pages; see
+        :meth:`query_instances` to page through large hubs)."""
+        query = self._query(
+            created_time_from, created_time_to, runtime_status, instance_id_prefix, name
+        )
+        return [
+            await self._status_of(record)
+            async for record in iterate_instances(self.provider, query)
+        ]
+
+    async def get_status_all(self) -> list[DurableOrchestrationStatus]:
+        """Every instance in the task hub."""
+        return await self.get_status_by()
+
+    async def query_instances(
+        self,
+        *,
+        created_time_from: datetime | None = None,
+        created_time_to: datetime | None = None,
+        runtime_status: Sequence[OrchestrationStatus | str] | None = None,
+        instance_id_prefix: str | None = None,
+        name: str | None = None,
+        page_size: int = 100,
+        continuation: str | None = None,
+    ) -> tuple[list[DurableOrchestrationStatus], str | None]:
+        """One page of matching instances and the token for the next page (``None`` at
+        the end). A page may be short, even empty, before the end: follow the token."""
+        query = self._query(
+            created_time_from, created_time_to, runtime_status, instance_id_prefix, name
+        )
+        records, token = await query_instances(
+            self.provider, query, page_size=page_size, continuation=continuation
+        )
+        return [await self._status_of(r) for r in records], token
+
+    async def count_instances(
+        self,
+        *,
+        created_time_from: datetime | None = None,
+        created_time_to: datetime | None = None,
+        runtime_status: Sequence[OrchestrationStatus | str] | None = None,
+        instance_id_prefix: str | None = None,
+        name: str | None = None,
+    ) -> dict[str, int]:
+        """How many matching instances there are, per runtime status."""
+        query = self._query(
+            created_time_from, created_time_to, runtime_status, instance_id_prefix, name
+        )
+        return await count_instances(self.provider, query)
+
+    async def purge_instance_history(self, instance_id: str) -> PurgeHistoryResult:
+        """Delete a finished instance: its history rows, its blobs, then its row.
+
+        Raises:
+            InstanceStateError: the instance is Pending, Running or Suspended.
+        """
+        validate_instance_id(instance_id)
+        deleted = await purge_instance(self.provider, instance_id)
+        return PurgeHistoryResult(instances_deleted=1 if deleted else 0)
+
+    async def purge_instance_history_by(
+        self,
+        created_time_from: datetime | None = None,
+        created_time_to: datetime | None = None,
+        runtime_status: Sequence[OrchestrationStatus | str] | None = None,
+        *,
+        instance_id_prefix: str | None = None,
+        progress: Callable[[int], None] | None = None,
+        time_limit: float | None = None,
+        continuation: str | None = None,
+    ) -> PurgeResult:
+        """Purge every finished instance matching the filters, page by page.
+
+        Only Completed, Failed, Terminated and Canceled instances are purged (the default
+        when ``runtime_status`` is not given). ``progress`` is called with the running
+        total after each page. With ``time_limit`` (seconds) it stops between pages and
+        returns ``complete=False`` and a ``continuation`` to resume from; an interrupted
+        purge can also simply be run again.
+        """
+        query = self._query(
+            created_time_from, created_time_to, runtime_status, instance_id_prefix, None
+        )
+        return await purge_instances(
+            self.provider,
+            query,
+            progress=progress,
+            time_limit=time_limit,
+            continuation=continuation,
+        )
+
+    @staticmethod
+    def _query(
+        created_time_from: datetime | None,
+        created_time_to: datetime | None,
+        runtime_status: Sequence[OrchestrationStatus | str] | None,
+        instance_id_prefix: str | None,
+        name: str | None,
+    ) -> InstanceQuery:
+        return InstanceQuery(
+            runtime_status=parse_statuses(runtime_status or ()),
+            created_time_from=created_time_from,
+            created_time_to=created_time_to,
+            instance_id_prefix=instance_id_prefix,
+            name=name,
+        )
+
+    async def _status_of(self, record: InstanceRecord) -> DurableOrchestrationStatus:
+        payloads = self.provider.payloads
+        return _status(
+            record,
+            await payloads.fetch_instance_value(record.input),
+            await payloads.fetch_instance_value(record.output),
         )
 
     async def wait_for_completion(
@@ -237,6 +495,29 @@ class DurableClient:
                 )
             await asyncio.sleep(min(delay, remaining))
             delay = min(delay * 2, poll_interval)
+
+    async def _record(self, instance_id: str) -> InstanceRecord:
+        validate_instance_id(instance_id)
+        try:
+            record = await self.provider.read_instance(instance_id)
+        except NotFoundError:  # the Instances table itself is missing
+            raise InstanceNotFoundError(
+                f"no instance with id {instance_id!r}: task hub "
+                f"{self.provider.names.hub!r} does not exist in this storage account"
+            ) from None
+        if record is None:
+            raise InstanceNotFoundError(f"no instance with id {instance_id!r}")
+        return record
+
+    async def _require_active(self, instance_id: str, operation: str) -> InstanceRecord:
+        record = await self._record(instance_id)
+        if record.runtime_status.is_terminal:
+            raise InstanceStateError(
+                instance_id,
+                record.runtime_status.name,
+                f"cannot {operation} instance {instance_id!r}: it is {record.runtime_status.name}",
+            )
+        return record
 
     async def _ensure_hub(self) -> None:
         if not self._hub_ready:

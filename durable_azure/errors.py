@@ -55,6 +55,21 @@ class InstanceAlreadyExistsError(DurableAzureError):
         self.runtime_status = runtime_status
 
 
+class InstanceStateError(DurableAzureError):
+    """The operation does not apply to the instance in its current state (raising an
+    event to a finished instance, rewinding one that did not fail, purging one that runs).
+
+    Attributes:
+        instance_id: the instance.
+        runtime_status: its status when the operation was refused.
+    """
+
+    def __init__(self, instance_id: str, runtime_status: str, message: str) -> None:
+        super().__init__(message)
+        self.instance_id = instance_id
+        self.runtime_status = runtime_status
+
+
 # --- inside orchestrations ---------------------------------------------------------------
 
 

@@ -11,26 +11,36 @@ The :class:`ActivityRunner` runs one work item and sends its response.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import inspect
 import logging
-import traceback
+import uuid
 from collections import OrderedDict
 from collections.abc import Callable
-from concurrent.futures import Executor
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from durable_azure.engine import serialization
-from durable_azure.engine.actions import CreateTimer, ScheduleTask
+from durable_azure.engine.actions import (
+    CompleteOrchestration,
+    CreateSubOrchestration,
+    CreateTimer,
+    ScheduleTask,
+)
 from durable_azure.engine.history import (
     ExecutionCompleted,
+    ExecutionRewound,
     ExecutionStarted,
+    ExecutionTerminated,
     FailureDetails,
+    GenericEvent,
     HistoryEvent,
     OrchestrationStatus,
     OrchestratorCompleted,
     OrchestratorStarted,
+    ParentInstance,
+    SubOrchestrationInstanceCompleted,
+    SubOrchestrationInstanceCreated,
+    SubOrchestrationInstanceFailed,
     TaskCompleted,
     TaskFailed,
     TaskScheduled,
@@ -38,14 +48,13 @@ from durable_azure.engine.history import (
     TimerFired,
 )
 from durable_azure.engine.replay import EpisodeResult, Orchestrator, run_episode
-from durable_azure.errors import SessionAbortedError, StorageError, UnknownFunctionError
+from durable_azure.errors import SessionAbortedError, StorageError
 from durable_azure.storage.codec import completion_of
 from durable_azure.storage.messages import TaskMessage
-from durable_azure.storage.names import MAX_VISIBILITY_TIMEOUT
-from durable_azure.storage.primitives import QueueMessage
+from durable_azure.storage.names import MAX_MESSAGE_DELAY
 from durable_azure.storage.provider import AzureStorageProvider, Checkpoint, Outbound
-from durable_azure.storage.queues import DEFAULT_VISIBILITY_TIMEOUT, ReceivedMessage
-from durable_azure.storage.tracking import LoadedHistory
+from durable_azure.storage.queues import ReceivedMessage, abandon_delay
+from durable_azure.storage.tracking import InstanceRecord, LoadedHistory
 
 logger = logging.getLogger(__name__)
 
@@ -57,9 +66,13 @@ MAX_ORPHAN_DEQUEUES = 5
 #: times (its client may not have written the row yet) before it is deleted as stale.
 MAX_START_DEFERRALS = 10
 
-#: Timers further out than this are parked in steps: the message fires early, is seen to
-#: be early, and is sent again for the remaining time (queues cap visibility at 7 days).
-MAX_TIMER_STEP = MAX_VISIBILITY_TIMEOUT - timedelta(hours=1)
+#: Continue-as-new executions run back to back in one work item at most this many times
+#: (an eternal orchestration working off buffered events); then the next one is woken by
+#: a message, so one instance cannot hold a worker forever.
+MAX_INLINE_GENERATIONS = 100
+
+#: A timer or scheduled start that arrives more than this early is parked again.
+_EARLY = timedelta(seconds=1)
 
 #: How many instances' histories a worker keeps in memory between episodes.
 DEFAULT_HISTORY_CACHE_SIZE = 1000
@@ -69,6 +82,24 @@ _RESPONSE_TYPES = (TaskCompleted, TaskFailed, TimerFired)
 
 def _utcnow() -> datetime:
     return datetime.now(timezone.utc)
+
+
+@dataclass
+class _Triage:
+    """What to do with each message of a batch (see :meth:`EpisodeRunner._triage`)."""
+
+    history: LoadedHistory
+    accepted: list[ReceivedMessage] = field(default_factory=list)
+    discard: list[ReceivedMessage] = field(default_factory=list)
+    #: Messages to hide again, with their delay (None: the dequeue-count backoff).
+    defer: list[tuple[ReceivedMessage, float | None]] = field(default_factory=list)
+    #: Timers and scheduled starts that arrived early, to be parked again.
+    early: list[ReceivedMessage] = field(default_factory=list)
+    new_start: ExecutionStarted | None = None
+    rewind: ExecutionRewound | None = None
+    terminate_pending: ExecutionTerminated | None = None
+    #: Rows of the execution a new start replaces.
+    previous_length: int = 0
 
 
 class HistoryCache:
@@ -147,115 +178,302 @@ class EpisodeRunner:
     async def _process(self, instance_id: str, batch: list[ReceivedMessage]) -> None:
         history = self.cache.get(instance_id) or await self.provider.load_history(instance_id)
         batch = sorted(batch, key=lambda m: (m.raw.inserted_on, m.message.sequence_number))
-        accepted: list[ReceivedMessage] = []
-        discard: list[ReceivedMessage] = []
-        defer: list[ReceivedMessage] = []
-        early_timers: list[ReceivedMessage] = []
-        new_start: ExecutionStarted | None = None
+        triage = await self._triage(instance_id, batch, history)
+        history = triage.history
+        await _gather(m.queue.abandon(m.raw, delay) for m, delay in triage.defer)
+        await _gather(self._send_again_later(m) for m in triage.early)
+        if triage.rewind is not None:
+            await self._rewind(instance_id, history, triage)
+            return
+        if not triage.accepted:
+            if triage.terminate_pending is not None:
+                await self._terminate_before_start(instance_id, triage.terminate_pending)
+            elif triage.discard:
+                await self._repair_instance_row(instance_id, history)
+            await _gather(m.queue.delete(m.raw) for m in triage.discard)
+            return
+        await self._run_and_commit(instance_id, history, triage)
 
+    async def _triage(
+        self, instance_id: str, batch: list[ReceivedMessage], history: LoadedHistory
+    ) -> _Triage:
+        """Sort a batch into messages to apply, defer, delete or send again later."""
+        t = _Triage(history)
         terminal = completion_of(history.events) is not None
+        failed = _failed(history.events)
         scheduled, completed = _task_ids(history.events)
         now = _utcnow()
+        pending_row: InstanceRecord | bool | None = False  # False: not read yet
         for received in batch:
             event = received.message.event
             if isinstance(event, ExecutionStarted):
-                verdict = await self._judge_start(instance_id, received, history, new_start)
+                if event.scheduled_start_time and event.scheduled_start_time > now + _EARLY:
+                    t.early.append(received)  # a scheduled start, parked in steps
+                    continue
+                verdict = await self._judge_start(instance_id, received, t.history, t.new_start)
                 if verdict == "accept":
-                    new_start = event
-                    accepted.append(received)
-                    # A restarted instance starts from an empty history; the old
-                    # sentinel's ETag still guards the first write of the new one.
-                    history = LoadedHistory([], event.execution_id, history.etag)
-                    terminal = False
+                    t.new_start = event
+                    t.accepted.append(received)
+                    # A restarted instance starts from an empty history; the old rows are
+                    # replaced, and the old sentinel's ETag guards that first write.
+                    t.previous_length = len(t.history.events)
+                    t.history = LoadedHistory([], event.execution_id, t.history.etag)
+                    terminal, failed = False, False
                     scheduled, completed = set(), set()
                 elif verdict == "defer":
-                    defer.append(received)
+                    t.defer.append((received, None))
                 else:
-                    discard.append(received)
+                    t.discard.append(received)
                 continue
-            current = history.execution_id if history.started or new_start else None
+            current = t.history.execution_id if t.history.started or t.new_start else None
             if current is None:
-                if received.dequeue_count > MAX_ORPHAN_DEQUEUES:
+                # The instance has not started: its start may be on the way (or scheduled
+                # for later). Keep the message while the Instances row says Pending.
+                if pending_row is False:
+                    pending_row = await self.provider.read_instance(instance_id)
+                row = pending_row if isinstance(pending_row, InstanceRecord) else None
+                is_pending = row is not None and row.runtime_status is OrchestrationStatus.Pending
+                if isinstance(event, ExecutionTerminated) and is_pending:
+                    t.terminate_pending = event
+                    t.discard.append(received)
+                elif is_pending:
+                    t.defer.append((received, _pending_delay(row, received, now)))
+                elif received.dequeue_count > MAX_ORPHAN_DEQUEUES:
                     logger.warning(
                         "deleting %s for instance %s, which does not exist",
                         type(event).__name__,
                         instance_id,
                         extra={"instance_id": instance_id},
                     )
-                    discard.append(received)
+                    t.discard.append(received)
                 else:
-                    defer.append(received)
-            elif received.message.execution_id not in (None, current) or terminal:
-                discard.append(received)  # for an older execution, or a finished one
+                    t.defer.append((received, None))
+            elif received.message.execution_id not in (None, current):
+                t.discard.append(received)  # for an older execution
+            elif isinstance(event, ExecutionRewound):
+                if failed and t.rewind is None:
+                    t.rewind = event
+                    t.accepted.append(received)
+                else:
+                    logger.warning(
+                        "ignoring rewind of %s: only a Failed instance can be rewound",
+                        instance_id,
+                        extra={"instance_id": instance_id},
+                    )
+                    t.discard.append(received)
+            elif terminal:
+                t.discard.append(received)  # the execution has finished
             elif isinstance(event, _RESPONSE_TYPES) and _task_id(event) in completed:
-                discard.append(received)  # a redelivered or duplicate response
-            elif isinstance(event, TimerFired) and event.fire_at > now + timedelta(seconds=1):
-                early_timers.append(received)
+                t.discard.append(received)  # a redelivered or duplicate response
+            elif isinstance(event, TimerFired) and event.fire_at > now + _EARLY:
+                t.early.append(received)
             elif isinstance(event, _RESPONSE_TYPES) and _task_id(event) not in scheduled:
-                # Its TaskScheduled/TimerCreated is not committed yet (a response that
-                # raced the scheduling checkpoint of another worker): retry shortly.
-                defer.append(received)
+                # Its scheduling event is not committed yet (a response that raced the
+                # checkpoint of another worker): retry shortly.
+                t.defer.append((received, None))
             else:
-                accepted.append(received)
+                t.accepted.append(received)
+        return t
 
-        await _gather(m.queue.abandon(m.raw) for m in defer)
-        await _gather(self._rearm_timer(m) for m in early_timers)
-        if not accepted:
-            if discard:
-                await self._repair_instance_row(instance_id, history)
-                await _gather(m.queue.delete(m.raw) for m in discard)
-            return
-
-        started = new_start or history.started
+    async def _run_and_commit(
+        self, instance_id: str, history: LoadedHistory, triage: _Triage
+    ) -> None:
+        started = triage.new_start or history.started
         assert started is not None
-        orchestrator = self.orchestrators(started.name)
+        now = _utcnow()
         new_events: list[HistoryEvent] = [OrchestratorStarted(timestamp=now)]
-        new_events += [m.message.event for m in accepted]
-        if orchestrator is None:
-            result = _unknown_orchestrator_result(started.name, new_events, history, now)
-        else:
-            result = run_episode(
-                orchestrator,
-                instance_id=instance_id,
-                history=history.events,
-                new_events=new_events,
-            )
-        for note in result.dropped:
-            logger.info("%s: dropped %s", instance_id, note, extra={"instance_id": instance_id})
+        new_events += [m.message.event for m in triage.accepted]
+        result = self._run(started, instance_id, history.events, new_events, now)
         if not result.actions and len(result.new_events) == 2 and not result.is_complete:
             # Every message was a duplicate the engine ignored: nothing to record.
             await self._repair_instance_row(instance_id, history)
-            await _gather(m.queue.delete(m.raw) for m in accepted + discard)
+            await _gather(m.queue.delete(m.raw) for m in triage.accepted + triage.discard)
             return
-
         execution_id = history.execution_id or started.execution_id
         episode = sum(isinstance(e, OrchestratorStarted) for e in history.events) + 1
-        checkpoint = Checkpoint(
-            instance_id=instance_id,
-            execution_id=execution_id,
-            outbound=self._outbound(instance_id, execution_id, episode, result, now),
-            history_start=len(history.events),
-            new_events=result.new_events,
-            history_etag=history.etag,
-            instance_update=_instance_update(result, new_start, now),
-            consumed=accepted + discard,
+        outbound = self._outbound(instance_id, started, execution_id, episode, result, now)
+        previous_length = triage.previous_length
+        history_start = len(history.events)
+        update = _instance_update(result, triage.new_start, now)
+        if result.status is OrchestrationStatus.ContinuedAsNew:
+            # The next execution starts now, in this same checkpoint: its history replaces
+            # the old one from row 0, and the old rows beyond it are deleted.
+            previous_length = max(previous_length, len(history.events))
+            history_start = 0
+            started, result, more = self._next_generations(instance_id, started, result, now)
+            outbound += more
+            execution_id = started.execution_id
+            episode = 1
+            outbound += self._outbound(instance_id, started, execution_id, episode, result, now)
+            update = _instance_update(result, started, now)
+            update.pop("CreatedTime")  # the instance was created once, not per generation
+            history = LoadedHistory([], execution_id, history.etag)
+        await self._commit(
+            instance_id,
+            Checkpoint(
+                instance_id=instance_id,
+                execution_id=execution_id,
+                outbound=outbound,
+                history_start=history_start,
+                new_events=result.new_events,
+                history_etag=history.etag,
+                instance_update=update,
+                consumed=triage.accepted + triage.discard,
+                previous_length=previous_length,
+            ),
+            history,
+            result,
         )
+
+    def _run(
+        self,
+        started: ExecutionStarted,
+        instance_id: str,
+        history: list[HistoryEvent],
+        new_events: list[HistoryEvent],
+        now: datetime,
+    ) -> EpisodeResult:
+        orchestrator = self.orchestrators(started.name)
+        if orchestrator is None:
+            return _unknown_orchestrator_result(started.name, new_events, history, now)
+        result = run_episode(
+            orchestrator, instance_id=instance_id, history=history, new_events=new_events
+        )
+        for note in result.dropped:
+            logger.info("%s: dropped %s", instance_id, note, extra={"instance_id": instance_id})
+        return result
+
+    def _next_generations(
+        self,
+        instance_id: str,
+        started: ExecutionStarted,
+        result: EpisodeResult,
+        now: datetime,
+    ) -> tuple[ExecutionStarted, EpisodeResult, list[Outbound]]:
+        """Run the executions that continue-as-new produces, in memory, one after the
+        other (each consumes carried-over events), up to a bound; returns the last one."""
+        outbound: list[Outbound] = []
+        for generation in range(MAX_INLINE_GENERATIONS):
+            completion = result.actions[-1]
+            assert isinstance(completion, CompleteOrchestration)
+            started = ExecutionStarted(
+                timestamp=now,
+                name=started.name,
+                instance_id=instance_id,
+                execution_id=uuid.uuid4().hex,
+                input=completion.result,
+                version=started.version,
+                parent_instance=started.parent_instance,
+                tags=started.tags,
+                generation=(started.generation or 0) + 1,
+            )
+            first: list[HistoryEvent] = [OrchestratorStarted(timestamp=now), started]
+            first += completion.carryover
+            if generation == MAX_INLINE_GENERATIONS - 1:
+                # Bound reached (an orchestration that continues without waiting): record
+                # the new execution unrun and wake it with a message, so other instances
+                # get their turn.
+                wake = GenericEvent(timestamp=now, data="continue-as-new")
+                outbound.append(
+                    Outbound(
+                        TaskMessage(
+                            event=wake,
+                            instance_id=instance_id,
+                            execution_id=started.execution_id,
+                        )
+                    )
+                )
+                pending = EpisodeResult(
+                    new_events=[*first, OrchestratorCompleted(timestamp=now)],
+                    actions=[],
+                    status=OrchestrationStatus.Running,
+                    custom_status=result.custom_status,
+                )
+                return started, pending, outbound
+            result = self._run(started, instance_id, [], first, now)
+            if result.status is not OrchestrationStatus.ContinuedAsNew:
+                return started, result, outbound
+            outbound += self._outbound(instance_id, started, started.execution_id, 1, result, now)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _commit(
+        self,
+        instance_id: str,
+        checkpoint: Checkpoint,
+        history: LoadedHistory,
+        result: EpisodeResult,
+    ) -> None:
         etag = await self.provider.commit(checkpoint)
         if result.is_complete:
             self.cache.drop(instance_id)
         else:
-            self.cache.put(
-                instance_id,
-                LoadedHistory(history.events + result.new_events, execution_id, etag),
-            )
+            # Exactly what is now committed: the rows before history_start, then the rows
+            # this checkpoint wrote.
+            committed = history.events[: checkpoint.history_start] + checkpoint.new_events
+            self.cache.put(instance_id, LoadedHistory(committed, checkpoint.execution_id, etag))
         logger.debug(
-            "episode %d of %s: %d messages, %d actions, %s",
-            episode,
+            "episode of %s: %d messages, %d actions, %s",
             instance_id,
-            len(accepted),
+            len(checkpoint.consumed),
             len(result.actions),
             result.status.name,
-            extra={"instance_id": instance_id, "execution_id": execution_id},
+            extra={"instance_id": instance_id, "execution_id": checkpoint.execution_id},
+        )
+
+    async def _rewind(self, instance_id: str, history: LoadedHistory, triage: _Triage) -> None:
+        """Re-run a Failed execution: forget its failed tasks and its failure, replay.
+
+        The failed tasks' scheduling and failure events and the Failed completion are
+        removed, so replaying the code schedules those tasks again (a failed
+        sub-orchestration runs again as a new execution of the same child id).
+        """
+        assert triage.rewind is not None
+        kept = _without_failures(history.events)
+        started = history.started
+        assert started is not None
+        now = _utcnow()
+        result = self._run(
+            started,
+            instance_id,
+            kept,
+            [OrchestratorStarted(timestamp=now), triage.rewind],
+            now,
+        )
+        episode = sum(isinstance(e, OrchestratorStarted) for e in kept) + 1
+        execution_id = history.execution_id or started.execution_id
+        update = _instance_update(result, None, now)
+        if not result.is_complete:
+            update["Output"] = None
+            update["CompletedTime"] = None
+        await self._commit(
+            instance_id,
+            Checkpoint(
+                instance_id=instance_id,
+                execution_id=execution_id,
+                outbound=self._outbound(instance_id, started, execution_id, episode, result, now),
+                history_start=0,
+                new_events=kept + result.new_events,
+                history_etag=history.etag,
+                instance_update=update,
+                consumed=triage.accepted + triage.discard,
+                previous_length=len(history.events),
+            ),
+            LoadedHistory([], execution_id, history.etag),
+            result,
+        )
+
+    async def _terminate_before_start(self, instance_id: str, event: ExecutionTerminated) -> None:
+        """Terminating a Pending instance: mark it Terminated; its start message, when it
+        arrives, is then discarded (the row names its execution and is terminal)."""
+        now = _utcnow()
+        await self.provider.instances.merge(
+            instance_id,
+            {
+                "RuntimeStatus": OrchestrationStatus.Terminated.name,
+                "Output": event.input,
+                "CompletedTime": now,
+                "LastUpdatedTime": now,
+            },
         )
 
     async def _judge_start(
@@ -281,9 +499,17 @@ class EpisodeRunner:
             return "discard"  # a duplicate of the start already in history
         if history.started and completion_of(history.events) is None:
             return "discard"  # the instance is running another execution
-        row = await self.provider.read_instance(instance_id)
-        if row is None or row.execution_id == event.execution_id:
+        if event.parent_instance is not None:
+            # A sub-orchestration start: its parent writes no Instances row first, so
+            # there is no row to check; a new or finished child id may (re)start.
             return "accept"
+        row = await self.provider.read_instance(instance_id)
+        if row is None:
+            return "accept"
+        if row.execution_id == event.execution_id:
+            # Terminal with our execution id but never started: it was terminated while
+            # Pending (its start must not run after all).
+            return "discard" if row.runtime_status.is_terminal else "accept"
         if not row.runtime_status.is_terminal:
             return "discard"  # the row belongs to a start that won a race with this one
         if received.dequeue_count >= MAX_START_DEFERRALS:
@@ -321,17 +547,21 @@ class EpisodeRunner:
         )
         await self.provider.instances.merge(instance_id, update)
 
-    async def _rearm_timer(self, received: ReceivedMessage) -> None:
+    async def _send_again_later(self, received: ReceivedMessage) -> None:
+        """Re-park a timer or scheduled start that arrived early (long delays are parked
+        in steps of at most :data:`MAX_MESSAGE_DELAY`, under the queue's 7-day limit)."""
         event = received.message.event
-        assert isinstance(event, TimerFired)
-        await self.provider.send(
-            Outbound(received.message, delay=_timer_delay(event.fire_at, _utcnow()))
-        )
+        due = event.fire_at if isinstance(event, TimerFired) else None
+        if isinstance(event, ExecutionStarted):
+            due = event.scheduled_start_time
+        assert due is not None
+        await self.provider.send(Outbound(received.message, delay=_timer_delay(due, _utcnow())))
         await received.queue.delete(received.raw)
 
     def _outbound(
         self,
         instance_id: str,
+        started: ExecutionStarted,
         execution_id: str,
         episode: int,
         result: EpisodeResult,
@@ -357,6 +587,39 @@ class EpisodeRunner:
                         delay=_timer_delay(action.fire_at, now),
                     )
                 )
+            elif isinstance(action, CreateSubOrchestration):
+                child_execution = uuid.uuid4().hex
+                event = ExecutionStarted(
+                    timestamp=now,
+                    name=action.name,
+                    instance_id=action.instance_id,
+                    execution_id=child_execution,
+                    input=action.input,
+                    parent_instance=ParentInstance(
+                        name=started.name,
+                        instance_id=instance_id,
+                        execution_id=execution_id,
+                        task_scheduled_id=action.id,
+                        version=started.version,
+                    ),
+                )
+                message = _message(event, action.instance_id, child_execution, episode)
+                out.append(
+                    Outbound(
+                        replace(
+                            message,
+                            sender_instance_id=instance_id,
+                            sender_execution_id=execution_id,
+                        )
+                    )
+                )
+        parent = started.parent_instance
+        if (
+            parent is not None
+            and result.is_complete
+            and result.status is not OrchestrationStatus.ContinuedAsNew
+        ):
+            out.append(_notify_parent(parent, instance_id, execution_id, result, now))
         return out
 
 
@@ -369,6 +632,78 @@ def _message(event: HistoryEvent, instance_id: str, execution_id: str, episode: 
         sender_instance_id=instance_id,
         sender_execution_id=execution_id,
     )
+
+
+def _notify_parent(
+    parent: ParentInstance,
+    instance_id: str,
+    execution_id: str,
+    result: EpisodeResult,
+    now: datetime,
+) -> Outbound:
+    """The message that tells a parent its sub-orchestration finished."""
+    event: HistoryEvent
+    if result.status is OrchestrationStatus.Completed:
+        event = SubOrchestrationInstanceCompleted(
+            timestamp=now, task_scheduled_id=parent.task_scheduled_id, result=result.output
+        )
+    else:
+        failure = result.failure or FailureDetails(
+            error_type="OrchestrationTerminatedError",
+            error_message=f"sub-orchestration {instance_id!r} was terminated: "
+            f"{result.output or ''}",
+        )
+        event = SubOrchestrationInstanceFailed(
+            timestamp=now,
+            task_scheduled_id=parent.task_scheduled_id,
+            reason=failure.summary(),
+            details=failure.stack_trace,
+            failure_details=failure,
+        )
+    return Outbound(
+        TaskMessage(
+            event=event,
+            instance_id=parent.instance_id,
+            execution_id=parent.execution_id,
+            sender_instance_id=instance_id,
+            sender_execution_id=execution_id,
+        )
+    )
+
+
+def _failed(events: list[HistoryEvent]) -> bool:
+    completed = completion_of(events)
+    return completed is not None and completed.orchestration_status is OrchestrationStatus.Failed
+
+
+def _without_failures(events: list[HistoryEvent]) -> list[HistoryEvent]:
+    """The history minus failed tasks (their scheduling and failure events) and the
+    Failed completion: what a rewound execution replays."""
+    failed_ids = {
+        e.task_scheduled_id
+        for e in events
+        if isinstance(e, (TaskFailed, SubOrchestrationInstanceFailed))
+    }
+    kept: list[HistoryEvent] = []
+    for e in events:
+        if isinstance(e, (TaskFailed, SubOrchestrationInstanceFailed, ExecutionCompleted)):
+            continue
+        if (
+            isinstance(e, (TaskScheduled, SubOrchestrationInstanceCreated))
+            and e.event_id in failed_ids
+        ):
+            continue
+        kept.append(e)
+    return kept
+
+
+def _pending_delay(row: InstanceRecord | None, received: ReceivedMessage, now: datetime) -> float:
+    """How long to hide a message for an instance still Pending: the usual backoff, but
+    not past a scheduled start (so the event is there when the instance starts)."""
+    delay = abandon_delay(received.dequeue_count)
+    if row is not None and row.scheduled_start_time is not None:
+        delay = min(delay, max(1.0, (row.scheduled_start_time - now).total_seconds() + 1))
+    return delay
 
 
 def _task_ids(events: list[HistoryEvent]) -> tuple[set[int], set[int]]:
@@ -388,7 +723,7 @@ def _task_id(event: TaskCompleted | TaskFailed | TimerFired) -> int:
 
 
 def _timer_delay(fire_at: datetime, now: datetime) -> float:
-    return max(0.0, min((fire_at - now).total_seconds(), MAX_TIMER_STEP.total_seconds()))
+    return max(0.0, min((fire_at - now).total_seconds(), MAX_MESSAGE_DELAY.total_seconds()))
 
 
 def _output_column(result: str | None, failure: FailureDetails | None) -> str | None:
@@ -417,6 +752,12 @@ def _instance_update(
                 "CreatedTime": new_start.timestamp,
                 "ExecutionId": new_start.execution_id,
                 "Generation": new_start.generation or 0,
+                # Our column (DTFx has none): links a sub-orchestration to its parent.
+                "ParentInstanceId": (
+                    new_start.parent_instance.instance_id if new_start.parent_instance else None
+                ),
+                "Output": None,
+                "CompletedTime": None,
             }
         )
     if result.is_complete:
@@ -426,14 +767,17 @@ def _instance_update(
 
 
 def _unknown_orchestrator_result(
-    name: str, new_events: list[HistoryEvent], history: LoadedHistory, now: datetime
+    name: str, new_events: list[HistoryEvent], history: list[HistoryEvent], now: datetime
 ) -> EpisodeResult:
     """Fail the instance clearly rather than leave it Pending forever."""
     failure = FailureDetails(
         error_type="UnknownFunctionError",
         error_message=f"no orchestrator named {name!r} is registered with this worker",
     )
-    next_id = sum(isinstance(e, (TaskScheduled, TimerCreated)) for e in history.events)
+    next_id = sum(
+        isinstance(e, (TaskScheduled, TimerCreated, SubOrchestrationInstanceCreated))
+        for e in history
+    )
     completed = ExecutionCompleted(
         event_id=next_id,
         timestamp=now,
@@ -459,100 +803,3 @@ async def _gather(aws: Any) -> None:
     items = list(aws)
     if items:
         await asyncio.gather(*items)
-
-
-# --- activities --------------------------------------------------------------------------
-
-
-class ActivityRunner:
-    """Runs activity work items: plain functions on a thread pool, coroutines on the loop."""
-
-    def __init__(
-        self,
-        provider: AzureStorageProvider,
-        activities: Callable[[str], Callable[..., Any] | None],
-        executor: Executor | None,
-        *,
-        visibility_timeout: timedelta = DEFAULT_VISIBILITY_TIMEOUT,
-    ) -> None:
-        self.provider = provider
-        self.activities = activities
-        self.executor = executor
-        self.visibility_timeout = visibility_timeout
-
-    async def execute(self, name: str, input_text: str | None, task_id: int) -> HistoryEvent:
-        """Run activity ``name``; returns its TaskCompleted or TaskFailed for ``task_id``."""
-        now = _utcnow()
-        try:
-            fn = self.activities(name)
-            if fn is None:
-                raise UnknownFunctionError(
-                    f"no activity named {name!r} is registered with this worker"
-                )
-            value = serialization.loads(input_text)
-            if inspect.iscoroutinefunction(fn):
-                output = await fn(value)
-            else:
-                loop = asyncio.get_running_loop()
-                output = await loop.run_in_executor(self.executor, fn, value)
-            return TaskCompleted(
-                timestamp=now, task_scheduled_id=task_id, result=serialization.dumps(output)
-            )
-        except Exception as exc:
-            details = FailureDetails(
-                error_type=type(exc).__name__,
-                error_message=str(exc),
-                stack_trace="".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
-            )
-            return TaskFailed(
-                timestamp=now,
-                task_scheduled_id=task_id,
-                reason=details.summary(),
-                details=details.stack_trace,
-                failure_details=details,
-            )
-
-    async def process(self, received: ReceivedMessage) -> None:
-        """Run the work item's activity, send the response, then delete the work item.
-
-        A crash after the send and before the delete runs the activity again later and
-        sends a second response; the orchestration drops the duplicate.
-        """
-        request = received.message
-        scheduled = request.event
-        if not isinstance(scheduled, TaskScheduled):
-            logger.error("work-item queue held a %s message; deleting it", type(scheduled).__name__)
-            await received.queue.delete(received.raw)
-            return
-        # Keep the work item hidden while the activity runs, however long it takes, so no
-        # other worker starts it a second time; each renewal gives a new pop receipt.
-        latest = [received.raw]
-        keeper = asyncio.create_task(self._keep_hidden(received, latest))
-        try:
-            response = await self.execute(scheduled.name, scheduled.input, scheduled.event_id)
-        finally:
-            keeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await keeper
-        await self.provider.send(
-            Outbound(
-                TaskMessage(
-                    event=response,
-                    instance_id=request.instance_id,
-                    execution_id=request.execution_id,
-                    episode=request.episode,
-                )
-            )
-        )
-        await received.queue.delete(latest[0])
-
-    async def _keep_hidden(self, received: ReceivedMessage, latest: list[QueueMessage]) -> None:
-        interval = max(1.0, self.visibility_timeout.total_seconds() / 2)
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                latest[0] = await received.queue.renew(latest[0], self.visibility_timeout)
-            except StorageError as exc:
-                # Transient: the next renewal may succeed; if the message is gone another
-                # worker may run the activity too (its result is deduplicated).
-                logger.warning("could not extend work item %s: %s", received.raw.id, exc)

@@ -25,9 +25,10 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
+from durable_azure.activities import ActivityRunner
 from durable_azure.app import DurableApp
 from durable_azure.errors import StorageError
-from durable_azure.runner import ActivityRunner, EpisodeRunner
+from durable_azure.runner import EpisodeRunner
 from durable_azure.storage.names import MAX_MESSAGES_PER_RECEIVE
 from durable_azure.storage.primitives import StorageAccount
 from durable_azure.storage.provider import AzureStorageProvider

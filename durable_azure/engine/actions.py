@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from durable_azure.engine.history import FailureDetails, OrchestrationStatus
+from durable_azure.engine.history import EventRaised, FailureDetails, OrchestrationStatus
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,16 +32,32 @@ class CreateTimer:
 
 
 @dataclass(frozen=True, slots=True)
+class CreateSubOrchestration:
+    """Start orchestration ``name`` as instance ``instance_id`` with ``input`` (JSON text)."""
+
+    id: int
+    name: str
+    instance_id: str
+    input: str | None
+
+
+@dataclass(frozen=True, slots=True)
 class CompleteOrchestration:
-    """The execution finished: Completed with ``result`` or Failed with ``failure``."""
+    """The execution finished.
+
+    ``status`` is Completed (``result`` = the output), Failed (``failure``), Terminated
+    (``result`` = the reason) or ContinuedAsNew (``result`` = the next execution's input,
+    ``carryover`` = the raised events no code consumed, for the next execution).
+    """
 
     id: int
     status: OrchestrationStatus
     result: str | None = None
     failure: FailureDetails | None = None
+    carryover: tuple[EventRaised, ...] = ()
 
 
-Action = ScheduleTask | CreateTimer | CompleteOrchestration
+Action = ScheduleTask | CreateTimer | CreateSubOrchestration | CompleteOrchestration
 
 
 def describe(action: Action) -> str:
@@ -50,4 +66,6 @@ def describe(action: Action) -> str:
         return f"a call to activity {action.name!r} (task #{action.id})"
     if isinstance(action, CreateTimer):
         return f"a timer firing at {action.fire_at.isoformat()} (task #{action.id})"
+    if isinstance(action, CreateSubOrchestration):
+        return f"a call to sub-orchestrator {action.name!r} (task #{action.id})"
     return f"completion with status {action.status.name}"

@@ -14,15 +14,21 @@ instance id, that time and a counter.
 
 from __future__ import annotations
 
+import logging
 import uuid
+from collections import deque
 from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from typing import Any
 
 from durable_azure.engine import serialization
-from durable_azure.engine.actions import Action, CreateTimer, ScheduleTask
+from durable_azure.engine.actions import Action, CreateSubOrchestration, CreateTimer, ScheduleTask
+from durable_azure.engine.history import EventRaised
+from durable_azure.engine.retry import RetryOptions, RetryTask
 from durable_azure.engine.tasks import (
     ActivityTask,
+    ExternalEventTask,
+    SubOrchestrationTask,
     Task,
     TimerTask,
     WhenAllTask,
@@ -78,6 +84,10 @@ class OrchestrationContext:
         self._actions: dict[int, Action] = {}
         self._open_tasks: dict[int, Task] = {}
         self._custom_status: str | None = None
+        # Raised events no code has waited for yet, and waits no event has answered yet.
+        self._event_buffer: dict[str, deque[EventRaised]] = {}
+        self._event_waiters: dict[str, deque[ExternalEventTask]] = {}
+        self._continue_as_new: str | None = None
 
     # --- properties ----------------------------------------------------------------------
 
@@ -160,6 +170,98 @@ class OrchestrationContext:
         self._open_tasks[task_id] = task
         return task
 
+    def call_activity_with_retry(
+        self,
+        name: str | Callable[..., Any],
+        retry_options: Any,
+        input_: Any = None,
+    ) -> Task:
+        """``call_activity``, retried on failure as ``retry_options`` says.
+
+        Args:
+            name: the activity's registered name, or the activity function itself.
+            retry_options: :class:`~durable_azure.engine.retry.RetryOptions`, or an
+                ``azure.durable_functions.RetryOptions``.
+            input_: the activity's input.
+        """
+        options = RetryOptions.coerce(retry_options)
+        return RetryTask(self, options, lambda: self.call_activity(name, input_))
+
+    def call_sub_orchestrator(
+        self,
+        name: str | Callable[..., Any],
+        input_: Any = None,
+        instance_id: str | None = None,
+    ) -> SubOrchestrationTask:
+        """Start another orchestration as a child and wait for its output.
+
+        Args:
+            name: the orchestrator's registered name, or the function itself.
+            input_: its input.
+            instance_id: the child's instance id (default: ``"{parent id}:{task #:04d}"``,
+                deterministic, so a replay names the same child).
+
+        Raises (inside the orchestrator, when yielded):
+            TaskFailedError: the child failed or was terminated; it carries the child's
+                error type, message and traceback text.
+        """
+        orchestrator = function_name(name)
+        task_id = self._take_id()
+        child = instance_id if instance_id is not None else f"{self.instance_id}:{task_id:04d}"
+        if not isinstance(child, str) or not child:
+            raise ValueError("a sub-orchestration instance id must be a non-empty string")
+        self._actions[task_id] = CreateSubOrchestration(
+            id=task_id, name=orchestrator, instance_id=child, input=serialization.dumps(input_)
+        )
+        task = SubOrchestrationTask(task_id, orchestrator, child)
+        self._open_tasks[task_id] = task
+        return task
+
+    def call_sub_orchestrator_with_retry(
+        self,
+        name: str | Callable[..., Any],
+        retry_options: Any,
+        input_: Any = None,
+        instance_id: str | None = None,
+    ) -> Task:
+        """``call_sub_orchestrator``, retried on failure. Every attempt runs the child
+        under the same instance id (a fresh execution each time)."""
+        options = RetryOptions.coerce(retry_options)
+        return RetryTask(
+            self, options, lambda: self.call_sub_orchestrator(name, input_, instance_id)
+        )
+
+    def wait_for_external_event(self, name: str) -> ExternalEventTask:
+        """The next event named ``name`` (case-insensitive) raised to this instance.
+
+        Events raised before the code waits for them are kept, in order, and delivered to
+        the next wait of that name; no event is dropped.
+        """
+        if not isinstance(name, str) or not name:
+            raise ValueError("an event name must be a non-empty string")
+        task = ExternalEventTask(name)
+        key = name.lower()
+        buffered = self._event_buffer.get(key)
+        if buffered:
+            task._complete(_event_value(buffered.popleft()))
+        else:
+            self._event_waiters.setdefault(key, deque()).append(task)
+        return task
+
+    def continue_as_new(self, input_: Any) -> None:
+        """Restart this orchestration with a new input once the function returns.
+
+        The next execution gets a new execution id and an empty history, so an eternal
+        orchestration's history stays small. Events raised but not yet consumed are
+        carried over to it.
+        """
+        self._continue_as_new = serialization.dumps(input_)
+
+    def create_replay_safe_logger(self, logger: logging.Logger) -> logging.LoggerAdapter[Any]:
+        """A logger that drops records while the orchestrator is replaying, so each message
+        is logged once, not once per replay."""
+        return _ReplaySafeLogger(logger, self)
+
     def task_all(self, tasks: Sequence[Task]) -> WhenAllTask:
         """A task that completes with all results (in order) once every task has."""
         return WhenAllTask(tasks)
@@ -174,3 +276,31 @@ class OrchestrationContext:
         task_id = self._next_id
         self._next_id += 1
         return task_id
+
+    def _deliver_event(self, event: EventRaised) -> None:
+        """Complete the oldest wait for this event's name, or keep the event for later."""
+        key = event.name.lower()
+        waiters = self._event_waiters.get(key)
+        if waiters:
+            waiters.popleft()._complete(_event_value(event))
+        else:
+            self._event_buffer.setdefault(key, deque()).append(event)
+
+    def _unconsumed_events(self) -> tuple[EventRaised, ...]:
+        return tuple(e for queue in self._event_buffer.values() for e in queue)
+
+
+def _event_value(event: EventRaised) -> Any:
+    try:
+        return serialization.loads(event.input)
+    except serialization.PayloadError:
+        return event.input  # raised by a tool that sent plain text
+
+
+class _ReplaySafeLogger(logging.LoggerAdapter[Any]):
+    def __init__(self, logger: logging.Logger, ctx: OrchestrationContext) -> None:
+        super().__init__(logger, {"instance_id": ctx.instance_id})
+        self._ctx = ctx
+
+    def isEnabledFor(self, level: int) -> bool:
+        return not self._ctx.is_replaying and self.logger.isEnabledFor(level)

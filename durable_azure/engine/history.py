@@ -284,6 +284,14 @@ class ExecutionResumed(HistoryEvent):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class ExecutionRewound(HistoryEvent):
+    """A request to re-run a failed execution's failed tasks (``client.rewind``)."""
+
+    event_type: ClassVar[EventType] = EventType.ExecutionRewound
+    reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class UnsupportedEvent(HistoryEvent):
     """An event type this version does not interpret (kept so history round-trips).
 
@@ -317,6 +325,7 @@ EVENT_CLASSES: dict[EventType, type[HistoryEvent]] = {
         GenericEvent,
         ExecutionSuspended,
         ExecutionResumed,
+        ExecutionRewound,
     )
 }
 

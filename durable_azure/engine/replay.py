@@ -21,24 +21,37 @@ from datetime import datetime, timezone
 from typing import Any
 
 from durable_azure.engine import serialization
-from durable_azure.engine.actions import Action, CompleteOrchestration, CreateTimer, ScheduleTask
+from durable_azure.engine.actions import (
+    Action,
+    CompleteOrchestration,
+    CreateSubOrchestration,
+    CreateTimer,
+    ScheduleTask,
+)
 from durable_azure.engine.actions import describe as describe_action
 from durable_azure.engine.context import OrchestrationContext
 from durable_azure.engine.history import (
+    EventRaised,
     ExecutionCompleted,
+    ExecutionResumed,
     ExecutionStarted,
+    ExecutionSuspended,
+    ExecutionTerminated,
     FailureDetails,
     HistoryEvent,
     OrchestrationStatus,
     OrchestratorCompleted,
     OrchestratorStarted,
+    SubOrchestrationInstanceCompleted,
+    SubOrchestrationInstanceCreated,
+    SubOrchestrationInstanceFailed,
     TaskCompleted,
     TaskFailed,
     TaskScheduled,
     TimerCreated,
     TimerFired,
 )
-from durable_azure.engine.tasks import Task, TimerTask
+from durable_azure.engine.tasks import ActivityTask, SubOrchestrationTask, Task, TimerTask
 from durable_azure.errors import NonDeterministicOrchestrationError, TaskFailedError
 
 logger = logging.getLogger(__name__)
@@ -103,6 +116,10 @@ class _Episode:
         # The time of the OrchestratorStarted that precedes ExecutionStarted.
         self.start_time: datetime | None = None
         self.applying_new = False
+        # Suspended: events are recorded but held back from the code until resumed.
+        self.suspended = False
+        self.held: list[HistoryEvent] = []
+        self.terminated = False
 
     # --- driving the generator -----------------------------------------------------------
 
@@ -207,65 +224,113 @@ class _Episode:
             # Only happens with a corrupt or foreign history; nothing can run before start.
             self._drop(f"{type(event).__name__} before ExecutionStarted")
             return not is_new
-        if isinstance(event, (TaskScheduled, TimerCreated)):
+        if isinstance(event, _SCHEDULING_EVENTS):
             self._match_scheduled(event)
             return True
-        if isinstance(event, (TaskCompleted, TaskFailed, TimerFired)):
-            return self._complete_task(event)
-        return True
+        if isinstance(event, ExecutionTerminated):
+            if self.done:
+                self._drop("ExecutionTerminated for a finished execution")
+                return False
+            self._terminate(event)
+            return True
+        if isinstance(event, ExecutionSuspended):
+            self.suspended = True
+            return True
+        if isinstance(event, ExecutionResumed):
+            self.suspended = False
+            held, self.held = self.held, []
+            for waiting in held:
+                self._deliver(waiting)
+            return True
+        if isinstance(event, (*_COMPLETION_EVENTS, EventRaised)):
+            if isinstance(event, _COMPLETION_EVENTS) and _completed_id(event) in self.completed_ids:
+                self._drop(f"duplicate {type(event).__name__} for task #{_completed_id(event)}")
+                return False
+            if self.suspended:
+                self.held.append(event)  # recorded now, seen by the code on resume
+                return True
+            return self._deliver(event)
+        return True  # markers (GenericEvent, ExecutionRewound, ...) are kept, not acted on
 
-    def _match_scheduled(self, event: TaskScheduled | TimerCreated) -> None:
+    def _deliver(self, event: HistoryEvent) -> bool:
+        ctx = self.ctx
+        assert ctx is not None
+        if isinstance(event, EventRaised):
+            ctx._deliver_event(event)
+            self.resume()
+            return True
+        assert isinstance(event, _COMPLETION_EVENTS)
+        return self._complete_task(event)
+
+    def _terminate(self, event: ExecutionTerminated) -> None:
+        self.terminated = True
+        self.done = True
+        self.output = event.input
+
+    def _match_scheduled(self, event: _SchedulingEvent) -> None:
         ctx = self.ctx
         assert ctx is not None
         action = ctx._actions.pop(event.event_id, None)
         expected = _describe_event(event)
         if action is None:
             raise NonDeterministicOrchestrationError(event.event_id, expected, "nothing")
-        matches = (
-            isinstance(event, TaskScheduled)
-            and isinstance(action, ScheduleTask)
-            and action.name.lower() == event.name.lower()
-        ) or (isinstance(event, TimerCreated) and isinstance(action, CreateTimer))
+        if isinstance(event, TaskScheduled):
+            matches = isinstance(action, ScheduleTask) and action.name.lower() == event.name.lower()
+        elif isinstance(event, SubOrchestrationInstanceCreated):
+            matches = (
+                isinstance(action, CreateSubOrchestration)
+                and action.name.lower() == event.name.lower()
+            )
+        else:
+            matches = isinstance(action, CreateTimer)
         if not matches:
             raise NonDeterministicOrchestrationError(
                 event.event_id, expected, describe_action(action)
             )
 
-    def _complete_task(self, event: TaskCompleted | TaskFailed | TimerFired) -> bool:
+    def _complete_task(self, event: _CompletionEvent) -> bool:
         ctx = self.ctx
         assert ctx is not None
-        task_id = event.timer_id if isinstance(event, TimerFired) else event.task_scheduled_id
+        task_id = _completed_id(event)
         task = ctx._open_tasks.get(task_id)
-        if task is not None and isinstance(task, TimerTask) != isinstance(event, TimerFired):
+        if task is not None and not isinstance(task, _TASK_KIND[type(event)]):
             # A TimerFired for an activity (or a TaskCompleted for a timer) comes from a
             # corrupt or foreign history; completing the task with it would invent a result.
             task = None
-        if task_id in self.completed_ids or task is None:
-            what = "duplicate" if task_id in self.completed_ids else "unexpected"
-            self._drop(f"{what} {type(event).__name__} for task #{task_id}")
+        if task is None:
+            self._drop(f"unexpected {type(event).__name__} for task #{task_id}")
             return False
         self.completed_ids.add(task_id)
         del ctx._open_tasks[task_id]
-        if isinstance(event, TaskFailed):
-            task._fail(_task_failed_error(event, getattr(task, "name", "")))
-        elif isinstance(event, TaskCompleted):
+        if isinstance(event, (TaskFailed, SubOrchestrationInstanceFailed)):
+            task._fail(_task_failed_error(event, task))
+        elif isinstance(event, (TaskCompleted, SubOrchestrationInstanceCompleted)):
             try:
                 task._complete(serialization.loads(event.result))
             except serialization.PayloadError as exc:
                 task._fail(exc)
+        elif isinstance(task, TimerTask) and task.is_cancelled:
+            return True  # a cancelled timer fired: recorded, nobody waits for it
         else:
             task._complete(None)
         self.resume()
         return True
 
 
-def _task_failed_error(event: TaskFailed, name: str) -> TaskFailedError:
+def _task_failed_error(
+    event: TaskFailed | SubOrchestrationInstanceFailed, task: Task
+) -> TaskFailedError:
     details = event.failure_details
     error_type = details.error_type if details else "Exception"
     message = details.error_message if details else (event.reason or "")
     stack = details.stack_trace if details else (event.details or "")
+    name = getattr(task, "name", "")
+    if isinstance(task, SubOrchestrationTask):
+        what = f"sub-orchestration {name!r} (instance {task.instance_id!r})"
+    else:
+        what = f"activity {name!r}"
     return TaskFailedError(
-        f"activity {name!r} failed: {error_type}: {message}",
+        f"{what} failed: {error_type}: {message}",
         error_type=error_type,
         error_message=message,
         stack_trace=stack,
@@ -274,10 +339,45 @@ def _task_failed_error(event: TaskFailed, name: str) -> TaskFailedError:
     )
 
 
-def _describe_event(event: TaskScheduled | TimerCreated) -> str:
+def _describe_event(event: _SchedulingEvent) -> str:
     if isinstance(event, TaskScheduled):
         return f"a call to activity {event.name!r} (TaskScheduled #{event.event_id})"
+    if isinstance(event, SubOrchestrationInstanceCreated):
+        return (
+            f"a call to sub-orchestrator {event.name!r} "
+            f"(SubOrchestrationInstanceCreated #{event.event_id})"
+        )
     return f"a timer (TimerCreated #{event.event_id})"
+
+
+def _completed_id(event: _CompletionEvent) -> int:
+    return event.timer_id if isinstance(event, TimerFired) else event.task_scheduled_id
+
+
+_SchedulingEvent = TaskScheduled | TimerCreated | SubOrchestrationInstanceCreated
+_SCHEDULING_EVENTS = (TaskScheduled, TimerCreated, SubOrchestrationInstanceCreated)
+_CompletionEvent = (
+    TaskCompleted
+    | TaskFailed
+    | TimerFired
+    | SubOrchestrationInstanceCompleted
+    | SubOrchestrationInstanceFailed
+)
+_COMPLETION_EVENTS = (
+    TaskCompleted,
+    TaskFailed,
+    TimerFired,
+    SubOrchestrationInstanceCompleted,
+    SubOrchestrationInstanceFailed,
+)
+#: Which kind of task each completion event may complete.
+_TASK_KIND: dict[type[HistoryEvent], type[Task]] = {
+    TaskCompleted: ActivityTask,
+    TaskFailed: ActivityTask,
+    TimerFired: TimerTask,
+    SubOrchestrationInstanceCompleted: SubOrchestrationTask,
+    SubOrchestrationInstanceFailed: SubOrchestrationTask,
+}
 
 
 def _utc(value: datetime) -> datetime:
@@ -354,7 +454,14 @@ def run_episode(
         raise ValueError("history and new events hold no ExecutionStarted event")
     new_actions = list(ctx._actions.values())
     if episode.done:
-        status = OrchestrationStatus.Failed if episode.failure else OrchestrationStatus.Completed
+        if episode.failure:
+            status = OrchestrationStatus.Failed
+        elif episode.terminated:
+            status = OrchestrationStatus.Terminated
+        elif ctx._continue_as_new is not None:
+            status = OrchestrationStatus.ContinuedAsNew
+        else:
+            status = OrchestrationStatus.Completed
         return _completed(
             accepted,
             new_actions,
@@ -369,7 +476,7 @@ def run_episode(
     return EpisodeResult(
         new_events=events,
         actions=new_actions,
-        status=OrchestrationStatus.Running,
+        status=OrchestrationStatus.Suspended if episode.suspended else OrchestrationStatus.Running,
         custom_status=ctx._custom_status,
         dropped=episode.dropped,
     )
@@ -387,16 +494,20 @@ def _completed(
 ) -> EpisodeResult:
     # Activities scheduled in the same step as the orchestration finished are still
     # recorded and sent, as DTFx does (fire-and-forget calls before a return).
+    ctx = episode.ctx
+    result = None if failure else episode.output
+    carryover: tuple[EventRaised, ...] = ()
+    if status is OrchestrationStatus.ContinuedAsNew and ctx is not None:
+        result = ctx._continue_as_new
+        # Events nobody consumed (and any held while suspended) go to the next execution.
+        held = tuple(e for e in episode.held if isinstance(e, EventRaised))
+        carryover = ctx._unconsumed_events() + held
     completion = CompleteOrchestration(
-        id=next_id,
-        status=status,
-        result=None if failure else episode.output,
-        failure=failure,
+        id=next_id, status=status, result=result, failure=failure, carryover=carryover
     )
     actions: list[Action] = [*new_actions, completion]
     events = accepted + [_action_event(a, episode_time) for a in actions]
     events.append(OrchestratorCompleted(timestamp=episode_time))
-    ctx = episode.ctx
     return EpisodeResult(
         new_events=events,
         actions=actions,
@@ -415,6 +526,14 @@ def _action_event(action: Action, timestamp: datetime) -> HistoryEvent:
         )
     if isinstance(action, CreateTimer):
         return TimerCreated(event_id=action.id, timestamp=timestamp, fire_at=action.fire_at)
+    if isinstance(action, CreateSubOrchestration):
+        return SubOrchestrationInstanceCreated(
+            event_id=action.id,
+            timestamp=timestamp,
+            name=action.name,
+            instance_id=action.instance_id,
+            input=action.input,
+        )
     return ExecutionCompleted(
         event_id=action.id,
         timestamp=timestamp,

@@ -24,7 +24,8 @@ class Task:
         self._done = False
         self._result: Any = None
         self._exception: BaseException | None = None
-        self._parents: list[CompositeTask] = []
+        # Tasks to tell when this one completes (composites, retry chains).
+        self._parents: list[Task] = []
 
     @property
     def is_completed(self) -> bool:
@@ -62,6 +63,9 @@ class Task:
         for parent in self._parents:
             parent._on_child_done(self)
 
+    def _on_child_done(self, child: Task) -> None:
+        """Called when a task this one waits on completes (tasks that wait override it)."""
+
 
 class ActivityTask(Task):
     """The pending result of ``ctx.call_activity``."""
@@ -75,14 +79,46 @@ class ActivityTask(Task):
 
 
 class TimerTask(Task):
-    """A durable timer created by ``ctx.create_timer``."""
+    """A durable timer created by ``ctx.create_timer``.
 
-    __slots__ = ("fire_at", "id")
+    ``cancel()`` abandons it: it never completes, and when its message arrives it is
+    dropped. Cancel the losing timer of a ``task_any`` so nothing waits on it.
+    """
+
+    __slots__ = ("fire_at", "id", "is_cancelled")
 
     def __init__(self, task_id: int, fire_at: datetime) -> None:
         super().__init__()
         self.id = task_id
         self.fire_at = fire_at
+        self.is_cancelled = False
+
+    def cancel(self) -> None:
+        """Cancel the timer (no effect once it has fired)."""
+        if not self.is_completed:
+            self.is_cancelled = True
+
+
+class ExternalEventTask(Task):
+    """The next event of one name raised to the instance (``ctx.wait_for_external_event``)."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        super().__init__()
+        self.name = name
+
+
+class SubOrchestrationTask(Task):
+    """The result of ``ctx.call_sub_orchestrator``."""
+
+    __slots__ = ("id", "instance_id", "name")
+
+    def __init__(self, task_id: int, name: str, instance_id: str) -> None:
+        super().__init__()
+        self.id = task_id
+        self.name = name
+        self.instance_id = instance_id
 
 
 class CompositeTask(Task):
@@ -100,9 +136,6 @@ class CompositeTask(Task):
         for child in self.children:
             if child.is_completed:
                 self._on_child_done(child)
-
-    def _on_child_done(self, child: Task) -> None:
-        raise NotImplementedError
 
 
 class WhenAllTask(CompositeTask):

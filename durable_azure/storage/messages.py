@@ -205,12 +205,8 @@ def decode(envelope: dict[str, Any]) -> TaskMessage:
     """Decode a parsed (and, if it was spilled, already fetched) envelope."""
     try:
         task = envelope["TaskMessage"]
-        raw_event = _untyped(task["Event"])
+        event = _event_from_json(task["Event"])
         instance = task.get("OrchestrationInstance") or {}
-        for member in _DATETIME_MEMBERS:
-            if isinstance(raw_event.get(member), str):
-                raw_event[member] = parse_timestamp(raw_event[member])
-        event = event_from_fields(raw_event)
         sender = envelope.get("Sender") or {}
         return TaskMessage(
             event=event,
@@ -226,3 +222,40 @@ def decode(envelope: dict[str, Any]) -> TaskMessage:
         raise
     except (KeyError, TypeError, ValueError) as exc:
         raise MessageFormatError(f"queue message is not a DTFx task message: {exc!r}") from exc
+
+
+# --- single events -----------------------------------------------------------------------
+
+
+def event_to_json(event: HistoryEvent) -> dict[str, Any]:
+    """The DTFx queue-JSON object of one history event (the ``TaskMessage.Event`` member).
+
+    ``$type`` comes first, enums are integers and date-times are strings with 7 fractional
+    digits, exactly as :func:`encode` writes the event of a message. The result is a plain
+    dict of JSON values, ready for :func:`json.dumps`.
+    """
+    return _event_json(event)
+
+
+def _event_from_json(data: dict[str, Any]) -> HistoryEvent:
+    # Shared with ``decode``: its caller translates KeyError/TypeError/ValueError.
+    raw_event = _untyped(data)
+    for member in _DATETIME_MEMBERS:
+        if isinstance(raw_event.get(member), str):
+            raw_event[member] = parse_timestamp(raw_event[member])
+    return event_from_fields(raw_event)
+
+
+def event_from_json(data: dict[str, Any]) -> HistoryEvent:
+    """The history event of a DTFx queue-JSON event object (the reverse of
+    :func:`event_to_json`; ``$type`` members are ignored).
+
+    Raises:
+        MessageFormatError: ``data`` is not an event object this version can read.
+    """
+    try:
+        return _event_from_json(data)
+    except MessageFormatError:
+        raise
+    except (AttributeError, KeyError, TypeError, ValueError) as exc:
+        raise MessageFormatError(f"not a DTFx history event: {exc!r}") from exc

@@ -38,6 +38,10 @@ MAX_BATCH_PAYLOAD_BYTES = 3 * 1024 * 1024
 #: Azure's maximum message visibility timeout.
 MAX_VISIBILITY_TIMEOUT = timedelta(days=7)
 
+#: The longest a timer or scheduled start is parked in a queue at once; later ones are
+#: parked in steps (the message surfaces early and is parked again).
+MAX_MESSAGE_DELAY = MAX_VISIBILITY_TIMEOUT - timedelta(hours=1)
+
 #: Instance ids longer than this are rejected (they become table keys and blob names).
 MAX_INSTANCE_ID_LENGTH = 256
 

@@ -26,7 +26,11 @@ from durable_azure.errors import (
 )
 from durable_azure.storage.largepayloads import LargePayloads
 from durable_azure.storage.messages import TaskMessage
-from durable_azure.storage.names import TaskHubNames, validate_instance_id
+from durable_azure.storage.names import (
+    MAX_MESSAGE_DELAY,
+    TaskHubNames,
+    validate_instance_id,
+)
 from durable_azure.storage.primitives import StorageAccount
 from durable_azure.storage.queues import ReceivedMessage, TaskHubQueue
 from durable_azure.storage.tracking import (
@@ -63,6 +67,8 @@ class Checkpoint:
     history_etag: str | None
     instance_update: dict[str, Any]
     consumed: list[ReceivedMessage] = field(default_factory=list)
+    #: Rows of a replaced execution (continue-as-new, rewind) up to here are deleted.
+    previous_length: int = 0
 
 
 class AzureStorageProvider:
@@ -131,6 +137,7 @@ class AzureStorageProvider:
         input_text: str | None,
         *,
         now: datetime | None = None,
+        start_at: datetime | None = None,
     ) -> str:
         """Create an instance: enqueue its ``ExecutionStarted``, then write it as Pending.
 
@@ -154,6 +161,9 @@ class AzureStorageProvider:
         now = now or datetime.now(timezone.utc)
         execution_id = uuid.uuid4().hex
         generation = existing.generation + 1 if existing is not None else 0
+        # A scheduled start waits in its queue (in steps of < 7 days; the runner re-parks
+        # a start that surfaces early).
+        delay = (start_at - now).total_seconds() if start_at else 0.0
         await self.send(
             Outbound(
                 TaskMessage(
@@ -164,10 +174,12 @@ class AzureStorageProvider:
                         execution_id=execution_id,
                         input=input_text,
                         generation=generation,
+                        scheduled_start_time=start_at,
                     ),
                     instance_id=instance_id,
                     execution_id=execution_id,
-                )
+                ),
+                delay=min(max(0.0, delay), MAX_MESSAGE_DELAY.total_seconds()),
             )
         )
         values: dict[str, Any] = {
@@ -181,6 +193,7 @@ class AzureStorageProvider:
             "LastUpdatedTime": now,
             "Generation": generation,
             "Tags": "null",
+            "ScheduledStartTime": start_at,
         }
         try:
             await self.instances.create(
@@ -194,6 +207,13 @@ class AzureStorageProvider:
                 status = current.runtime_status.name if current else "Pending"
                 raise InstanceAlreadyExistsError(instance_id, status) from None
         return execution_id
+
+    async def send_to_instance(self, instance_id: str, event: HistoryEvent) -> None:
+        """Send a client event (raise, terminate, suspend, resume, rewind) to whatever
+        execution of the instance is current."""
+        await self.send(
+            Outbound(TaskMessage(event=event, instance_id=instance_id, execution_id=None))
+        )
 
     async def read_instance(self, instance_id: str) -> InstanceRecord | None:
         return await self.instances.get(instance_id)
@@ -229,6 +249,7 @@ class AzureStorageProvider:
             start_position=cp.history_start,
             events=cp.new_events,
             etag=cp.history_etag,
+            previous_length=cp.previous_length,
         )
 
         # Step 3: update the Instances row (status, output, custom status).

@@ -25,6 +25,7 @@ from durable_azure.engine.history import (
 from durable_azure.errors import (
     AlreadyExistsError,
     ConditionFailedError,
+    NotFoundError,
     SessionAbortedError,
     TransactionFailedError,
 )
@@ -114,12 +115,15 @@ class HistoryStore:
         start_position: int,
         events: Sequence[HistoryEvent],
         etag: str | None,
+        previous_length: int = 0,
     ) -> str:
         """Write ``events`` at ``start_position`` onwards; returns the new sentinel ETag.
 
         Each batch holds at most 99 rows plus the sentinel, so every batch is guarded.
         Rows are written with upsert-replace: a retried checkpoint overwrites the same
         RowKeys, and a new execution overwrites an old one's rows from position 0.
+        Rows of a replaced execution beyond the new end (up to ``previous_length``) are
+        deleted in the same guarded batches, so only the current execution stays.
 
         Raises:
             SessionAbortedError: the sentinel was inserted or changed by someone else.
@@ -135,7 +139,12 @@ class HistoryStore:
             )
             await self.payloads.offload_history_row(row, event_type=type_of(event).name)
             rows.append(row)
-        batches = _split_batches(rows)
+        end = start_position + len(events)
+        stale = [
+            {"PartitionKey": pk, "RowKey": history_row_key(position)}
+            for position in range(end, previous_length)
+        ]
+        batches = _split_batches(rows + stale)
         for index, batch in enumerate(batches):
             last = index == len(batches) - 1
             sentinel: dict[str, Any] = {
@@ -151,7 +160,12 @@ class HistoryStore:
                 if etag is None
                 else TableOp(TableOpKind.UPDATE_MERGE, sentinel, etag=etag)
             )
-            ops = [TableOp(TableOpKind.UPSERT_REPLACE, row) for row in batch]
+            ops = [
+                TableOp(TableOpKind.UPSERT_REPLACE, row)
+                if "EventType" in row
+                else TableOp(TableOpKind.DELETE, row, etag="*")
+                for row in batch
+            ]
             try:
                 etags = await self.table.transaction([*ops, sentinel_op])
             except TransactionFailedError as exc:
@@ -203,6 +217,8 @@ class InstanceRecord:
     completed_time: datetime | None
     generation: int
     etag: str
+    scheduled_start_time: datetime | None = None
+    parent_instance_id: str | None = None
 
     @classmethod
     def from_entity(cls, instance_id: str, entity: Entity) -> InstanceRecord:
@@ -221,6 +237,8 @@ class InstanceRecord:
             completed_time=entity.get("CompletedTime"),
             generation=int(entity.get("Generation") or 0),
             etag=entity.etag,
+            scheduled_start_time=entity.get("ScheduledStartTime"),
+            parent_instance_id=entity.get("ParentInstanceId") or None,
         )
 
 
@@ -257,6 +275,17 @@ class InstanceStore:
             await self.table.insert(row)
         else:
             await self.table.update(row, etag=replace_etag, mode=UpdateMode.REPLACE)
+
+    async def merge_if_unchanged(
+        self, instance_id: str, values: dict[str, Any], *, etag: str
+    ) -> bool:
+        """Merge ``values`` only if the row still has ``etag``; False if it changed."""
+        row = self._row(instance_id, values)
+        try:
+            await self.table.update(row, etag=etag, mode=UpdateMode.MERGE)
+        except (ConditionFailedError, NotFoundError):
+            return False
+        return True
 
     async def merge(self, instance_id: str, values: dict[str, Any]) -> None:
         """InsertOrMerge the given columns (the checkpoint's status update)."""

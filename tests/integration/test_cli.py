@@ -145,3 +145,73 @@ def test_azurite_command_runs_the_emulator_until_sigterm() -> None:
     assert proc.returncode == 0, "".join(lines) + output
     assert f"QueueEndpoint=http://127.0.0.1:{ports[1]}/devstoreaccount1" in "".join(lines)
     assert not az.is_answering(az.DEFAULT_HOST, ports)
+
+
+async def test_lifecycle_commands_mirror_the_client(hub: Hub) -> None:
+    instance_id = await hub.client.start_new("waits_for_go")
+    done = await run_cli(hub, "raise", instance_id, "go", "--data", '{"n": 1}')
+    assert done.returncode == 0, done.stderr
+    done = await run_cli(hub, "suspend", instance_id, "--reason", "pause")
+    assert done.returncode == 0, done.stderr
+    done = await run_cli(hub, "resume", instance_id)
+    assert done.returncode == 0, done.stderr
+    done = await run_cli(hub, "raise", instance_id, "go", "--data", "2")
+    assert done.returncode == 0, done.stderr
+    status = await hub.client.wait_for_completion(instance_id, timeout=60)
+    assert status.output == [{"n": 1}, 2]
+
+    stuck = await hub.client.start_new("waits_for_go")
+    done = await run_cli(hub, "terminate", stuck, "--reason", "enough")
+    assert done.returncode == 0, done.stderr
+    assert (await hub.client.wait_for_completion(stuck, timeout=60)).output == "enough"
+    done = await run_cli(hub, "raise", stuck, "go")
+    assert done.returncode == 1
+    assert "it is Terminated" in done.stderr
+
+    done = await run_cli(hub, "restart", instance_id)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() != instance_id
+
+
+async def test_list_and_purge_commands(hub: Hub) -> None:
+    ids = [await hub.client.start_new("chain5", f"batch-{i}", i) for i in range(3)]
+    for instance_id in ids:
+        await hub.client.wait_for_completion(instance_id, timeout=60)
+    done = await run_cli(hub, "list", "--prefix", "batch-", "--status", "Completed")
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].split() == [
+        "INSTANCE",
+        "ID",
+        "NAME",
+        "STATUS",
+        "CREATED",
+        "(UTC)",
+        "UPDATED",
+        "(UTC)",
+    ]
+    assert sorted(line.split()[0] for line in lines[1:-1]) == ids
+    assert lines[-1] == "3 instance(s)"
+    done = await run_cli(hub, "list", "--prefix", "batch-", "--json", "--top", "2")
+    page = json.loads(done.stdout)
+    assert len(page["instances"]) == 2
+    assert page["continuation"]
+
+    done = await run_cli(hub, "purge", "--prefix", "batch-")
+    assert done.returncode == 2
+    assert "--created-before" in done.stderr
+    done = await run_cli(hub, "purge", ids[0])
+    assert done.returncode == 0, done.stderr
+    assert "purged 1 instance(s)" in done.stdout
+    done = await run_cli(
+        hub, "purge", "--prefix", "batch-", "--created-before", "2100-01-01T00:00:00Z"
+    )
+    assert done.returncode == 0, done.stderr
+    assert "purged 2 instance(s)" in done.stdout
+    assert await hub.client.get_status_by(instance_id_prefix="batch-") == []
+
+
+def test_start_at_needs_a_valid_time(azurite: Any, task_hub: str) -> None:
+    done = cli(azurite.connection_string, task_hub, "start", "chain5", "--at", "tomorrow")
+    assert done.returncode == 2
+    assert "--at is not an ISO-8601 time" in done.stderr

@@ -3,7 +3,7 @@
 :class:`Harness` plays the part of one worker process, one poll at a time: it receives from
 every control queue (running one episode per instance with the real
 :class:`~durable_azure.runner.EpisodeRunner`), then from the work-item queue (running each
-activity with the real :class:`~durable_azure.runner.ActivityRunner`). Time is a
+activity with the real :class:`~durable_azure.activities.ActivityRunner`). Time is a
 :class:`FakeClock` the driver advances when every message left is invisible, so visibility
 timeouts and abandon backoffs play out without waiting.
 
@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+from durable_azure.activities import ActivityRunner
 from durable_azure.client import DurableClient
 from durable_azure.engine import serialization
 from durable_azure.engine.history import (
@@ -36,7 +37,7 @@ from durable_azure.engine.history import (
     TaskScheduled,
 )
 from durable_azure.engine.replay import Orchestrator
-from durable_azure.runner import ActivityRunner, EpisodeRunner
+from durable_azure.runner import EpisodeRunner
 from durable_azure.storage.names import MAX_MESSAGES_PER_RECEIVE, TaskHubNames
 from durable_azure.storage.primitives import OpKind, TableOp, TableValue, UpdateMode
 from durable_azure.storage.provider import AzureStorageProvider

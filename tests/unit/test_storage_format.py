@@ -22,6 +22,7 @@ from durable_azure.engine.history import (
     EventType,
     ExecutionCompleted,
     ExecutionResumed,
+    ExecutionRewound,
     ExecutionStarted,
     ExecutionSuspended,
     ExecutionTerminated,
@@ -375,6 +376,7 @@ EVENTS: list[HistoryEvent] = [
     GenericEvent(timestamp=T0, data="payload"),
     ExecutionSuspended(timestamp=T0, reason="pause"),
     ExecutionResumed(timestamp=T0, reason="go"),
+    ExecutionRewound(timestamp=T0, reason="again"),
 ]
 
 
@@ -826,7 +828,7 @@ def test_envelope_without_task_message_is_a_format_error() -> None:
 def _rewound_sample() -> dict[str, Any]:
     sample = json.loads(json.dumps(DTFX_COMPLETED))
     sample["TaskMessage"]["Event"] = {
-        "$type": "DurableTask.Core.History.ExecutionRewoundEvent, DurableTask.Core",
+        "$type": "DurableTask.Core.History.HistoryStateEvent, DurableTask.Core",
         "Reason": "rewind it",
         "ParentExecutionId": None,
         "InstanceId": None,
@@ -835,7 +837,7 @@ def _rewound_sample() -> dict[str, Any]:
             "TraceParent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
             "TraceState": None,
         },
-        "EventType": 21,
+        "EventType": 18,
         "EventId": -1,
         "IsPlayed": False,
         "Timestamp": "2024-05-01T10:00:09.0000000Z",
@@ -845,17 +847,17 @@ def _rewound_sample() -> dict[str, Any]:
 
 def test_unsupported_event_from_a_dtfx_message_becomes_a_storable_row() -> None:
     # §2.2: members of any other type are stored as JSON strings. An event type this
-    # version does not model (here ExecutionRewound) still has to fit in a table row.
+    # version does not model (here HistoryState) still has to fit in a table row.
     event = messages.decode(_rewound_sample()).event
     assert isinstance(event, UnsupportedEvent)
     row = event_to_row(event, partition_key="p", row_key=history_row_key(5), execution_id=EXEC)
     for column, value in row.items():
         assert isinstance(value, (str, int, bool, datetime)), (column, value)
-    assert row["EventType"] == "ExecutionRewound"
+    assert row["EventType"] == "HistoryState"
     assert json.loads(row["ParentTraceContext"])["TraceParent"].startswith("00-0af7")
     back = row_to_event(row)
     assert isinstance(back, UnsupportedEvent)
-    assert back.original_type is EventType.ExecutionRewound
+    assert back.original_type is EventType.HistoryState
     assert back.extra["Reason"] == "rewind it"
 
 

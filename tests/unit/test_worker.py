@@ -85,3 +85,80 @@ async def test_unexpected_runner_error_keeps_the_messages_for_a_later_retry() ->
     assert again[0].dequeue_count == 2
     await EpisodeRunner(provider, app.get_orchestrator).process(instance_id, again)
     assert (await provider.read_instance(instance_id)).runtime_status.name == "Running"
+
+
+async def test_history_cache_always_equals_what_storage_holds() -> None:
+    """Rewind, continue-as-new and a restart over old rows rewrite history from row 0; the
+    worker's cached copy of a live instance must then be exactly what storage holds."""
+    app = DurableApp(task_hub=HUB)
+    broken = {"on": True}
+
+    @app.activity
+    def maybe_fail(x: int) -> int:
+        if broken["on"]:
+            raise RuntimeError("broken")
+        return x
+
+    @app.orchestrator
+    def fragile(ctx: Any) -> Generator[Any, Any, int]:
+        value = yield ctx.call_activity(maybe_fail, 2)
+        yield ctx.wait_for_external_event("finish")  # stays live (and cached) here
+        return value
+
+    @app.orchestrator
+    def generations(ctx: Any) -> Generator[Any, Any, int]:
+        n = ctx.get_input()
+        yield ctx.call_activity(maybe_fail, n)
+        if n > 0:
+            ctx.continue_as_new(n - 1)
+            return n
+        yield ctx.wait_for_external_event("finish")
+        return 0
+
+    account = MemoryStorageAccount()
+    worker = Worker(app, account=account, options=WorkerOptions(max_poll_interval=0.05))
+    provider = worker.provider
+
+    async def live_and_cached(instance_id: str) -> None:
+        for _ in range(200):
+            cached = worker.episodes.cache.get(instance_id)
+            history = (await provider.load_history(instance_id)).events
+            if cached is not None and any(type(e).__name__ == "TaskCompleted" for e in history):
+                return
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"{instance_id} never reached its wait")
+
+    async def assert_cache_matches(instance_id: str) -> None:
+        cached = worker.episodes.cache.get(instance_id)
+        stored = await provider.load_history(instance_id)
+        assert cached is not None
+        assert cached.events == stored.events
+        assert cached.etag == stored.etag
+        assert cached.execution_id == stored.execution_id
+
+    await worker.start()
+    try:
+        client = DurableClient(AzureStorageProvider(account, app.settings().names))
+        await client.start_new("fragile", "f")
+        assert (await client.wait_for_completion("f", 10)).runtime_status.name == "Failed"
+        broken["on"] = False
+        await client.rewind("f")
+        await live_and_cached("f")
+        await assert_cache_matches("f")  # after a rewind
+
+        await client.start_new("generations", "g", 3)
+        await live_and_cached("g")
+        await assert_cache_matches("g")  # after continue-as-new
+        await client.raise_event("g", "finish")
+        await client.wait_for_completion("g", 10)
+
+        await client.start_new("generations", "g", 0)  # a new execution over old rows
+        await live_and_cached("g")
+        await assert_cache_matches("g")
+
+        for instance_id in ("f", "g"):
+            await client.raise_event(instance_id, "finish")
+            status = await client.wait_for_completion(instance_id, 10)
+            assert status.runtime_status.name == "Completed", status
+    finally:
+        await worker.stop()

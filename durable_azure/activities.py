@@ -1,0 +1,127 @@
+"""Running activity work items: execute, send the response, then delete the work item.
+
+Plain functions run on a thread pool and ``async def`` activities on the event loop.
+While an activity runs its work item is kept hidden from other workers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+import traceback
+from collections.abc import Callable
+from concurrent.futures import Executor
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from durable_azure.engine import serialization
+from durable_azure.engine.history import (
+    FailureDetails,
+    HistoryEvent,
+    TaskCompleted,
+    TaskFailed,
+    TaskScheduled,
+)
+from durable_azure.errors import StorageError, UnknownFunctionError
+from durable_azure.storage.messages import TaskMessage
+from durable_azure.storage.primitives import QueueMessage
+from durable_azure.storage.provider import AzureStorageProvider, Outbound
+from durable_azure.storage.queues import DEFAULT_VISIBILITY_TIMEOUT, ReceivedMessage
+
+logger = logging.getLogger(__name__)
+
+
+class ActivityRunner:
+    """Runs activity work items: plain functions on a thread pool, coroutines on the loop."""
+
+    def __init__(
+        self,
+        provider: AzureStorageProvider,
+        activities: Callable[[str], Callable[..., Any] | None],
+        executor: Executor | None,
+        *,
+        visibility_timeout: timedelta = DEFAULT_VISIBILITY_TIMEOUT,
+    ) -> None:
+        self.provider = provider
+        self.activities = activities
+        self.executor = executor
+        self.visibility_timeout = visibility_timeout
+
+    async def execute(self, name: str, input_text: str | None, task_id: int) -> HistoryEvent:
+        """Run activity ``name``; returns its TaskCompleted or TaskFailed for ``task_id``."""
+        now = datetime.now(timezone.utc)
+        try:
+            fn = self.activities(name)
+            if fn is None:
+                raise UnknownFunctionError(
+                    f"no activity named {name!r} is registered with this worker"
+                )
+            value = serialization.loads(input_text)
+            if inspect.iscoroutinefunction(fn):
+                output = await fn(value)
+            else:
+                loop = asyncio.get_running_loop()
+                output = await loop.run_in_executor(self.executor, fn, value)
+            return TaskCompleted(
+                timestamp=now, task_scheduled_id=task_id, result=serialization.dumps(output)
+            )
+        except Exception as exc:
+            details = FailureDetails(
+                error_type=type(exc).__name__,
+                error_message=str(exc),
+                stack_trace="".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
+            )
+            return TaskFailed(
+                timestamp=now,
+                task_scheduled_id=task_id,
+                reason=details.summary(),
+                details=details.stack_trace,
+                failure_details=details,
+            )
+
+    async def process(self, received: ReceivedMessage) -> None:
+        """Run the work item's activity, send the response, then delete the work item.
+
+        A crash after the send and before the delete runs the activity again later and
+        sends a second response; the orchestration drops the duplicate.
+        """
+        request = received.message
+        scheduled = request.event
+        if not isinstance(scheduled, TaskScheduled):
+            logger.error("work-item queue held a %s message; deleting it", type(scheduled).__name__)
+            await received.queue.delete(received.raw)
+            return
+        # Keep the work item hidden while the activity runs, however long it takes, so no
+        # other worker starts it a second time; each renewal gives a new pop receipt.
+        latest = [received.raw]
+        keeper = asyncio.create_task(self._keep_hidden(received, latest))
+        try:
+            response = await self.execute(scheduled.name, scheduled.input, scheduled.event_id)
+        finally:
+            keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await keeper
+        await self.provider.send(
+            Outbound(
+                TaskMessage(
+                    event=response,
+                    instance_id=request.instance_id,
+                    execution_id=request.execution_id,
+                    episode=request.episode,
+                )
+            )
+        )
+        await received.queue.delete(latest[0])
+
+    async def _keep_hidden(self, received: ReceivedMessage, latest: list[QueueMessage]) -> None:
+        interval = max(1.0, self.visibility_timeout.total_seconds() / 2)
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                latest[0] = await received.queue.renew(latest[0], self.visibility_timeout)
+            except StorageError as exc:
+                # Transient: the next renewal may succeed; if the message is gone another
+                # worker may run the activity too (its result is deduplicated).
+                logger.warning("could not extend work item %s: %s", received.raw.id, exc)

@@ -1,0 +1,1 @@
+"""A stateful singleton (Durable Functions pattern 4): an eternal counter driven by events."""

@@ -1,0 +1,1 @@
+"""Fan-out/fan-in (Durable Functions pattern 2): run activities in parallel, then aggregate."""
