@@ -140,10 +140,14 @@ class EpisodeRunner:
         orchestrators: Callable[[str], Orchestrator | None],
         *,
         cache_size: int = DEFAULT_HISTORY_CACHE_SIZE,
+        clock: Callable[[], datetime] = _utcnow,
     ) -> None:
         self.provider = provider
         self.orchestrators = orchestrators
         self.cache = HistoryCache(cache_size)
+        # Episode times, timer due checks and row times come from here (tests pass a fake
+        # clock shared with the in-memory storage to exercise days-long timers).
+        self.clock = clock
 
     async def process(self, instance_id: str, batch: list[ReceivedMessage]) -> None:
         """Run one episode for ``batch`` (all messages of one instance). Never raises for
@@ -202,7 +206,7 @@ class EpisodeRunner:
         terminal = completion_of(history.events) is not None
         failed = _failed(history.events)
         scheduled, completed = _task_ids(history.events)
-        now = _utcnow()
+        now = self.clock()
         pending_row: InstanceRecord | bool | None = False  # False: not read yet
         for received in batch:
             event = received.message.event
@@ -280,7 +284,7 @@ class EpisodeRunner:
     ) -> None:
         started = triage.new_start or history.started
         assert started is not None
-        now = _utcnow()
+        now = self.clock()
         new_events: list[HistoryEvent] = [OrchestratorStarted(timestamp=now)]
         new_events += [m.message.event for m in triage.accepted]
         result = self._run(started, instance_id, history.events, new_events, now)
@@ -431,7 +435,7 @@ class EpisodeRunner:
         kept = _without_failures(history.events)
         started = history.started
         assert started is not None
-        now = _utcnow()
+        now = self.clock()
         result = self._run(
             started,
             instance_id,
@@ -465,7 +469,7 @@ class EpisodeRunner:
     async def _terminate_before_start(self, instance_id: str, event: ExecutionTerminated) -> None:
         """Terminating a Pending instance: mark it Terminated; its start message, when it
         arrives, is then discarded (the row names its execution and is terminal)."""
-        now = _utcnow()
+        now = self.clock()
         await self.provider.instances.merge(
             instance_id,
             {
@@ -534,7 +538,7 @@ class EpisodeRunner:
         status = completed.orchestration_status if completed else OrchestrationStatus.Running
         if row is not None and row.runtime_status == status:
             return
-        update: dict[str, Any] = {"RuntimeStatus": status.name, "LastUpdatedTime": _utcnow()}
+        update: dict[str, Any] = {"RuntimeStatus": status.name, "LastUpdatedTime": self.clock()}
         if completed is not None:
             update["Output"] = _output_column(completed.result, completed.failure_details)
             update["CompletedTime"] = completed.timestamp
@@ -555,7 +559,7 @@ class EpisodeRunner:
         if isinstance(event, ExecutionStarted):
             due = event.scheduled_start_time
         assert due is not None
-        await self.provider.send(Outbound(received.message, delay=_timer_delay(due, _utcnow())))
+        await self.provider.send(Outbound(received.message, delay=_timer_delay(due, self.clock())))
         await received.queue.delete(received.raw)
 
     def _outbound(

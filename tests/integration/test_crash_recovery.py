@@ -28,6 +28,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -403,3 +404,34 @@ async def test_sigterm_starts_no_new_activity(harness: Harness) -> None:
         assert not after, (
             f"the worker started {len(after)} new activities after SIGTERM: {sorted(after)}"
         )
+
+
+async def test_timers_and_events_survive_a_sigkill(harness: Harness) -> None:
+    """A durable timer pending and an event raised while no worker runs: both are
+    delivered after the worker is SIGKILLed and a new one starts."""
+    h = harness
+    async with _client(h) as client:
+        first = h.spawn(activity_sleep=FAST_SLEEP)
+        instance_id = await client.start_new("timer_then_event", client_input=3)
+        for _ in range(200):  # wait until the timer is created (committed in history)
+            events = (await client.provider.load_history(instance_id)).events
+            if any(type(e).__name__ == "TimerCreated" for e in events):
+                break
+            await asyncio.sleep(0.05)
+        else:
+            pytest.fail(f"the timer was never created\n{h.diagnostics()}")
+        first.proc.kill()
+        first.proc.wait(timeout=10)
+
+        # Raised while no worker is running, before the timer has even fired.
+        await client.raise_event(instance_id, "answer", "yes")
+        h.spawn(activity_sleep=FAST_SLEEP)
+        output = await _wait_completed(client, h, instance_id)
+        assert output == {"answer": "yes", "woke_at_or_after": 3}
+        events = (await client.provider.load_history(instance_id)).events
+        kinds = [type(e).__name__ for e in events]
+        assert kinds.count("TimerFired") == 1
+        assert kinds.count("EventRaised") == 1
+        fired = next(e for e in events if type(e).__name__ == "TimerFired")
+        started = events[0].timestamp
+        assert fired.fire_at - started >= timedelta(seconds=3)

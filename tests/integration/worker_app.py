@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from datetime import timedelta
 from typing import Any
 
 from durable_azure import DurableApp
@@ -118,3 +119,12 @@ def expected_chain10(start: int) -> list[int]:
 def expected_fanout100() -> dict[str, Any]:
     results = [fanout_item_value(i) for i in range(FANOUT_WIDTH)]
     return {"sum": sum(results), "results": results}
+
+
+@app.orchestrator
+def timer_then_event(ctx: Any) -> Any:
+    """Waits on a durable timer, then on an external event (for kill-and-restart tests)."""
+    seconds = ctx.get_input()
+    yield ctx.create_timer(ctx.current_utc_datetime + timedelta(seconds=seconds))
+    answer = yield ctx.wait_for_external_event("answer")
+    return {"answer": answer, "woke_at_or_after": seconds}

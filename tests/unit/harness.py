@@ -228,7 +228,7 @@ class Harness:
         self.provider = AzureStorageProvider(self.account, self.names)
         self.client = DurableClient(self.provider)
         self.episodes = EpisodeRunner(
-            self.provider, self.orchestrators.get, cache_size=self.cache_size
+            self.provider, self.orchestrators.get, cache_size=self.cache_size, clock=self.clock
         )
         self.activities = ActivityRunner(self.provider, self._activity, executor=None)
 

@@ -24,6 +24,7 @@ from durable_azure.engine.history import (
     OrchestrationStatus,
     TaskCompleted,
     TaskScheduled,
+    TimerCreated,
     TimerFired,
 )
 from durable_azure.errors import InstanceAlreadyExistsError, TaskFailedError
@@ -32,6 +33,7 @@ from durable_azure.storage.messages import TaskMessage
 from durable_azure.storage.names import (
     MAX_INLINE_MESSAGE_BYTES,
     MAX_INLINE_PROPERTY_BYTES,
+    MAX_VISIBILITY_TIMEOUT,
     SENTINEL_ROW_KEY,
     escape_key,
 )
@@ -65,12 +67,30 @@ def sleeper(ctx: OrchestrationContext) -> Orch:
     return "woke"
 
 
+def long_sleeper(ctx: OrchestrationContext) -> Orch:
+    # Beyond the queue's 7-day visibility limit.
+    yield ctx.create_timer(ctx.current_utc_datetime + timedelta(days=10))
+    return "woke after 10 days"
+
+
+def event_or_timer(ctx: OrchestrationContext) -> Orch:
+    timer = ctx.create_timer(ctx.current_utc_datetime + timedelta(hours=1))
+    event = ctx.wait_for_external_event("answer")
+    winner = yield ctx.task_any([event, timer])
+    if winner is event:
+        timer.cancel()
+        return event.result
+    return "timed out"
+
+
 def echo_big(ctx: OrchestrationContext) -> Orch:
     result = yield ctx.call_activity("exclaim", ctx.get_input())
     return result
 
 
 ORCHESTRATORS = {
+    "long_sleeper": long_sleeper,
+    "event_or_timer": event_or_timer,
     "chain": chain,
     "quick": quick,
     "calls_missing": calls_missing,
@@ -350,34 +370,53 @@ async def test_unknown_activity_fails_the_task_catchably(h: Harness) -> None:
 # --- timers --------------------------------------------------------------------------------
 
 
-async def test_early_timer_message_is_resent_not_applied(h: Harness) -> None:
-    await h.start("sleeper", "inst")
+async def test_timer_beyond_seven_days_is_parked_in_steps_then_fires(h: Harness) -> None:
+    await h.start("long_sleeper", "inst")
     await h.run_episodes()
     history = await h.history("inst")
+    due = next(e for e in history if isinstance(e, TimerCreated)).fire_at
     assert await control_count(h, "inst") == 1
-    # The storage clock runs ahead of the worker's (skew, or a timer parked in steps):
-    # the message shows up while its fire time is still an hour away for the worker.
-    h.clock.advance(timedelta(hours=1, seconds=5).total_seconds())
+    first_surface = h.account.next_visible_time()
+    assert first_surface is not None
+    assert first_surface - h.clock.now <= MAX_VISIBILITY_TIMEOUT  # the queue's limit
+
+    # The message surfaces 3 days early: it is parked again, not applied.
+    h.clock.now = first_surface
     [early] = await h.provider.control_queue_of("inst").queue.peek(1)
-
     await h.run_episodes()
+    assert await h.history("inst") == history
+    assert await control_count(h, "inst") == 1
+    assert await visible_in_control(h, "inst") == 0
+    second_surface = h.account.next_visible_time()
+    assert second_surface == due  # hidden exactly until the timer is due
 
-    assert await h.history("inst") == history  # no TimerFired applied
-    assert await control_count(h, "inst") == 1  # re-sent ...
-    assert await visible_in_control(h, "inst") == 0  # ... hidden until it is due
-    when = h.account.next_visible_time()
-    assert when is not None
-    assert when > h.clock.now + timedelta(minutes=50)
-    h.clock.now = when
-    [again] = await h.provider.control_queue_of("inst").queue.peek(1)
-    assert again.id != early.id  # a new message, the early one deleted
-    assert again.dequeue_count == 0
-    [resent], _ = await h.provider.control_queue_of("inst").receive(1)
-    assert isinstance(resent.message.event, TimerFired)
-    assert resent.message.event.timer_id == 0
-    row = await h.provider.read_instance("inst")
-    assert row is not None
-    assert row.runtime_status is OrchestrationStatus.Running
+    h.clock.now = due
+    [resent] = await h.provider.control_queue_of("inst").queue.peek(1)
+    assert resent.id != early.id  # a new message; the early one was deleted
+    await h.run_episodes()
+    await h.assert_completed("inst", "woke after 10 days")
+    fired = [e for e in await h.history("inst") if isinstance(e, TimerFired)]
+    assert len(fired) == 1
+
+
+async def test_cancelled_timer_that_fires_after_completion_is_dropped_quietly(
+    h: Harness,
+) -> None:
+    await h.start("event_or_timer", "inst")
+    await h.run_episodes()
+    await h.client.raise_event("inst", "answer", "yes")
+    await h.run_episodes()
+    status = await h.client.get_status("inst")
+    assert status.runtime_status is OrchestrationStatus.Completed
+    assert status.output == "yes"
+    history = await h.history("inst")
+    assert await control_count(h, "inst") == 1  # the losing timer's message is still there
+
+    h.clock.advance(timedelta(hours=1, seconds=1).total_seconds())
+    await h.run_episodes()
+    assert await control_count(h, "inst") == 0  # deleted ...
+    assert await h.history("inst") == history  # ... without touching the history
+    await h.assert_completed("inst", "yes")
 
 
 # --- large payloads ------------------------------------------------------------------------
