@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from durable_azure.engine import serialization
+from durable_azure import effects
 from durable_azure.engine.actions import (
     CompleteOrchestration,
     CreateSubOrchestration,
@@ -27,33 +27,24 @@ from durable_azure.engine.actions import (
     ScheduleTask,
 )
 from durable_azure.engine.history import (
-    ExecutionCompleted,
     ExecutionRewound,
     ExecutionStarted,
     ExecutionTerminated,
-    FailureDetails,
     GenericEvent,
     HistoryEvent,
     OrchestrationStatus,
     OrchestratorCompleted,
     OrchestratorStarted,
     ParentInstance,
-    SubOrchestrationInstanceCompleted,
-    SubOrchestrationInstanceCreated,
-    SubOrchestrationInstanceFailed,
-    TaskCompleted,
-    TaskFailed,
     TaskScheduled,
-    TimerCreated,
     TimerFired,
 )
 from durable_azure.engine.replay import EpisodeResult, Orchestrator, run_episode
 from durable_azure.errors import SessionAbortedError, StorageError
 from durable_azure.storage.codec import completion_of
 from durable_azure.storage.messages import TaskMessage
-from durable_azure.storage.names import MAX_MESSAGE_DELAY
 from durable_azure.storage.provider import AzureStorageProvider, Checkpoint, Outbound
-from durable_azure.storage.queues import ReceivedMessage, abandon_delay
+from durable_azure.storage.queues import ReceivedMessage
 from durable_azure.storage.tracking import InstanceRecord, LoadedHistory
 
 logger = logging.getLogger(__name__)
@@ -76,8 +67,6 @@ _EARLY = timedelta(seconds=1)
 
 #: How many instances' histories a worker keeps in memory between episodes.
 DEFAULT_HISTORY_CACHE_SIZE = 1000
-
-_RESPONSE_TYPES = (TaskCompleted, TaskFailed, TimerFired)
 
 
 def _utcnow() -> datetime:
@@ -204,8 +193,8 @@ class EpisodeRunner:
         """Sort a batch into messages to apply, defer, delete or send again later."""
         t = _Triage(history)
         terminal = completion_of(history.events) is not None
-        failed = _failed(history.events)
-        scheduled, completed = _task_ids(history.events)
+        failed = effects.failed(history.events)
+        scheduled, completed = effects.task_ids(history.events)
         now = self.clock()
         pending_row: InstanceRecord | bool | None = False  # False: not read yet
         for received in batch:
@@ -241,7 +230,7 @@ class EpisodeRunner:
                     t.terminate_pending = event
                     t.discard.append(received)
                 elif is_pending:
-                    t.defer.append((received, _pending_delay(row, received, now)))
+                    t.defer.append((received, effects.pending_delay(row, received, now)))
                 elif received.dequeue_count > MAX_ORPHAN_DEQUEUES:
                     logger.warning(
                         "deleting %s for instance %s, which does not exist",
@@ -267,11 +256,14 @@ class EpisodeRunner:
                     t.discard.append(received)
             elif terminal:
                 t.discard.append(received)  # the execution has finished
-            elif isinstance(event, _RESPONSE_TYPES) and _task_id(event) in completed:
+            elif isinstance(event, effects.RESPONSE_TYPES) and effects.task_id(event) in completed:
                 t.discard.append(received)  # a redelivered or duplicate response
             elif isinstance(event, TimerFired) and event.fire_at > now + _EARLY:
                 t.early.append(received)
-            elif isinstance(event, _RESPONSE_TYPES) and _task_id(event) not in scheduled:
+            elif (
+                isinstance(event, effects.RESPONSE_TYPES)
+                and effects.task_id(event) not in scheduled
+            ):
                 # Its scheduling event is not committed yet (a response that raced the
                 # checkpoint of another worker): retry shortly.
                 t.defer.append((received, None))
@@ -298,7 +290,7 @@ class EpisodeRunner:
         outbound = self._outbound(instance_id, started, execution_id, episode, result, now)
         previous_length = triage.previous_length
         history_start = len(history.events)
-        update = _instance_update(result, triage.new_start, now)
+        update = effects.instance_update(result, triage.new_start, now)
         if result.status is OrchestrationStatus.ContinuedAsNew:
             # The next execution starts now, in this same checkpoint: its history replaces
             # the old one from row 0, and the old rows beyond it are deleted.
@@ -309,7 +301,7 @@ class EpisodeRunner:
             execution_id = started.execution_id
             episode = 1
             outbound += self._outbound(instance_id, started, execution_id, episode, result, now)
-            update = _instance_update(result, started, now)
+            update = effects.instance_update(result, started, now)
             update.pop("CreatedTime")  # the instance was created once, not per generation
             history = LoadedHistory([], execution_id, history.etag)
         await self._commit(
@@ -339,7 +331,7 @@ class EpisodeRunner:
     ) -> EpisodeResult:
         orchestrator = self.orchestrators(started.name)
         if orchestrator is None:
-            return _unknown_orchestrator_result(started.name, new_events, history, now)
+            return effects.unknown_orchestrator_result(started.name, new_events, history, now)
         result = run_episode(
             orchestrator, instance_id=instance_id, history=history, new_events=new_events
         )
@@ -432,7 +424,7 @@ class EpisodeRunner:
         sub-orchestration runs again as a new execution of the same child id).
         """
         assert triage.rewind is not None
-        kept = _without_failures(history.events)
+        kept = effects.without_failures(history.events)
         started = history.started
         assert started is not None
         now = self.clock()
@@ -445,7 +437,7 @@ class EpisodeRunner:
         )
         episode = sum(isinstance(e, OrchestratorStarted) for e in kept) + 1
         execution_id = history.execution_id or started.execution_id
-        update = _instance_update(result, None, now)
+        update = effects.instance_update(result, None, now)
         if not result.is_complete:
             update["Output"] = None
             update["CompletedTime"] = None
@@ -540,7 +532,7 @@ class EpisodeRunner:
             return
         update: dict[str, Any] = {"RuntimeStatus": status.name, "LastUpdatedTime": self.clock()}
         if completed is not None:
-            update["Output"] = _output_column(completed.result, completed.failure_details)
+            update["Output"] = effects.output_column(completed.result, completed.failure_details)
             update["CompletedTime"] = completed.timestamp
         logger.warning(
             "repairing instance row of %s: %s -> %s",
@@ -559,7 +551,9 @@ class EpisodeRunner:
         if isinstance(event, ExecutionStarted):
             due = event.scheduled_start_time
         assert due is not None
-        await self.provider.send(Outbound(received.message, delay=_timer_delay(due, self.clock())))
+        await self.provider.send(
+            Outbound(received.message, delay=effects.timer_delay(due, self.clock()))
+        )
         await received.queue.delete(received.raw)
 
     def _outbound(
@@ -579,7 +573,7 @@ class EpisodeRunner:
                 )
                 out.append(
                     Outbound(
-                        _message(event, instance_id, execution_id, episode),
+                        effects.message(event, instance_id, execution_id, episode),
                         to_work_items=True,
                     )
                 )
@@ -587,8 +581,8 @@ class EpisodeRunner:
                 event = TimerFired(timestamp=now, timer_id=action.id, fire_at=action.fire_at)
                 out.append(
                     Outbound(
-                        _message(event, instance_id, execution_id, episode),
-                        delay=_timer_delay(action.fire_at, now),
+                        effects.message(event, instance_id, execution_id, episode),
+                        delay=effects.timer_delay(action.fire_at, now),
                     )
                 )
             elif isinstance(action, CreateSubOrchestration):
@@ -607,7 +601,7 @@ class EpisodeRunner:
                         version=started.version,
                     ),
                 )
-                message = _message(event, action.instance_id, child_execution, episode)
+                message = effects.message(event, action.instance_id, child_execution, episode)
                 out.append(
                     Outbound(
                         replace(
@@ -623,177 +617,8 @@ class EpisodeRunner:
             and result.is_complete
             and result.status is not OrchestrationStatus.ContinuedAsNew
         ):
-            out.append(_notify_parent(parent, instance_id, execution_id, result, now))
+            out.append(effects.notify_parent(parent, instance_id, execution_id, result, now))
         return out
-
-
-def _message(event: HistoryEvent, instance_id: str, execution_id: str, episode: int) -> TaskMessage:
-    return TaskMessage(
-        event=event,
-        instance_id=instance_id,
-        execution_id=execution_id,
-        episode=episode,
-        sender_instance_id=instance_id,
-        sender_execution_id=execution_id,
-    )
-
-
-def _notify_parent(
-    parent: ParentInstance,
-    instance_id: str,
-    execution_id: str,
-    result: EpisodeResult,
-    now: datetime,
-) -> Outbound:
-    """The message that tells a parent its sub-orchestration finished."""
-    event: HistoryEvent
-    if result.status is OrchestrationStatus.Completed:
-        event = SubOrchestrationInstanceCompleted(
-            timestamp=now, task_scheduled_id=parent.task_scheduled_id, result=result.output
-        )
-    else:
-        failure = result.failure or FailureDetails(
-            error_type="OrchestrationTerminatedError",
-            error_message=f"sub-orchestration {instance_id!r} was terminated: "
-            f"{result.output or ''}",
-        )
-        event = SubOrchestrationInstanceFailed(
-            timestamp=now,
-            task_scheduled_id=parent.task_scheduled_id,
-            reason=failure.summary(),
-            details=failure.stack_trace,
-            failure_details=failure,
-        )
-    return Outbound(
-        TaskMessage(
-            event=event,
-            instance_id=parent.instance_id,
-            execution_id=parent.execution_id,
-            sender_instance_id=instance_id,
-            sender_execution_id=execution_id,
-        )
-    )
-
-
-def _failed(events: list[HistoryEvent]) -> bool:
-    completed = completion_of(events)
-    return completed is not None and completed.orchestration_status is OrchestrationStatus.Failed
-
-
-def _without_failures(events: list[HistoryEvent]) -> list[HistoryEvent]:
-    """The history minus failed tasks (their scheduling and failure events) and the
-    Failed completion: what a rewound execution replays."""
-    failed_ids = {
-        e.task_scheduled_id
-        for e in events
-        if isinstance(e, (TaskFailed, SubOrchestrationInstanceFailed))
-    }
-    kept: list[HistoryEvent] = []
-    for e in events:
-        if isinstance(e, (TaskFailed, SubOrchestrationInstanceFailed, ExecutionCompleted)):
-            continue
-        if (
-            isinstance(e, (TaskScheduled, SubOrchestrationInstanceCreated))
-            and e.event_id in failed_ids
-        ):
-            continue
-        kept.append(e)
-    return kept
-
-
-def _pending_delay(row: InstanceRecord | None, received: ReceivedMessage, now: datetime) -> float:
-    """How long to hide a message for an instance still Pending: the usual backoff, but
-    not past a scheduled start (so the event is there when the instance starts)."""
-    delay = abandon_delay(received.dequeue_count)
-    if row is not None and row.scheduled_start_time is not None:
-        delay = min(delay, max(1.0, (row.scheduled_start_time - now).total_seconds() + 1))
-    return delay
-
-
-def _task_ids(events: list[HistoryEvent]) -> tuple[set[int], set[int]]:
-    """The ids of the tasks scheduled, and of those completed, in a history."""
-    scheduled: set[int] = set()
-    completed: set[int] = set()
-    for e in events:
-        if isinstance(e, (TaskScheduled, TimerCreated)):
-            scheduled.add(e.event_id)
-        elif isinstance(e, _RESPONSE_TYPES):
-            completed.add(_task_id(e))
-    return scheduled, completed
-
-
-def _task_id(event: TaskCompleted | TaskFailed | TimerFired) -> int:
-    return event.timer_id if isinstance(event, TimerFired) else event.task_scheduled_id
-
-
-def _timer_delay(fire_at: datetime, now: datetime) -> float:
-    return max(0.0, min((fire_at - now).total_seconds(), MAX_MESSAGE_DELAY.total_seconds()))
-
-
-def _output_column(result: str | None, failure: FailureDetails | None) -> str | None:
-    if failure is None:
-        return result
-    text = failure.summary()
-    if failure.stack_trace:
-        text += "\n" + failure.stack_trace
-    return serialization.dumps(text)
-
-
-def _instance_update(
-    result: EpisodeResult, new_start: ExecutionStarted | None, now: datetime
-) -> dict[str, Any]:
-    update: dict[str, Any] = {
-        "RuntimeStatus": result.status.name,
-        "LastUpdatedTime": now,
-        "CustomStatus": result.custom_status or "null",
-    }
-    if new_start is not None:
-        update.update(
-            {
-                "Name": new_start.name,
-                "Version": new_start.version or "",
-                "Input": new_start.input,
-                "CreatedTime": new_start.timestamp,
-                "ExecutionId": new_start.execution_id,
-                "Generation": new_start.generation or 0,
-                # Our column (DTFx has none): links a sub-orchestration to its parent.
-                "ParentInstanceId": (
-                    new_start.parent_instance.instance_id if new_start.parent_instance else None
-                ),
-                "Output": None,
-                "CompletedTime": None,
-            }
-        )
-    if result.is_complete:
-        update["Output"] = _output_column(result.output, result.failure)
-        update["CompletedTime"] = now
-    return update
-
-
-def _unknown_orchestrator_result(
-    name: str, new_events: list[HistoryEvent], history: list[HistoryEvent], now: datetime
-) -> EpisodeResult:
-    """Fail the instance clearly rather than leave it Pending forever."""
-    failure = FailureDetails(
-        error_type="UnknownFunctionError",
-        error_message=f"no orchestrator named {name!r} is registered with this worker",
-    )
-    next_id = sum(
-        isinstance(e, (TaskScheduled, TimerCreated, SubOrchestrationInstanceCreated))
-        for e in history
-    )
-    completed = ExecutionCompleted(
-        event_id=next_id,
-        timestamp=now,
-        orchestration_status=OrchestrationStatus.Failed,
-        failure_details=failure,
-    )
-    return EpisodeResult(
-        new_events=[*new_events, completed, OrchestratorCompleted(timestamp=now)],
-        actions=[],
-        status=OrchestrationStatus.Failed,
-        failure=failure,
-    )
 
 
 async def _abandon_all(batch: list[ReceivedMessage], delay: float | None = None) -> None:
