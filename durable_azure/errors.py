@@ -5,13 +5,11 @@ Storage errors are translated once, at the primitive boundary
 (``durable_azure.storage.azure_primitives``), into the :class:`StorageError` family, so
 no layer above it catches Azure SDK exceptions.
 
-Two families are special:
-
-* :class:`TaskFailedError` is what an orchestrator sees when an activity it awaited
-  failed. It is an ordinary ``Exception`` on purpose, so ``try/except`` in orchestrator
-  code can catch it.
-* :class:`OrchestratorSignal` subclasses are engine control flow. They derive from
-  ``BaseException`` so that a user's ``except Exception`` cannot swallow them.
+:class:`TaskFailedError` is what an orchestrator sees when an activity or
+sub-orchestration it awaited failed. It is an ordinary ``Exception`` on purpose, so
+``try/except`` in orchestrator code can catch it. The engine needs no control-flow
+exceptions of its own: it drives the orchestrator generator from outside, so nothing of
+the engine's passes through (or can be swallowed by) user code.
 """
 
 from __future__ import annotations
@@ -119,10 +117,6 @@ class NonDeterministicOrchestrationError(DurableAzureError):
         self.position = position
         self.expected = expected
         self.actual = actual
-
-
-class OrchestratorSignal(BaseException):
-    """Engine control flow raised through user code; never caught by ``except Exception``."""
 
 
 # --- storage -----------------------------------------------------------------------------

@@ -167,3 +167,11 @@ def changes_between_episodes(ctx: OrchestrationContext) -> Generator[Any, Any, s
     yield ctx.call_activity(name, 3)
     yield ctx.wait_for_external_event("continue")
     return "done"
+
+
+@app.orchestrator
+def reports_progress(ctx: OrchestrationContext) -> Generator[Any, Any, str]:
+    ctx.set_custom_status({"stage": "waiting", "step": 1})
+    yield ctx.wait_for_external_event("go")
+    ctx.set_custom_status({"stage": "done", "step": 2})
+    return "finished"

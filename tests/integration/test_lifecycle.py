@@ -253,3 +253,24 @@ async def test_orchestrator_changed_between_episodes_fails_with_a_clear_error(
     assert "'square'" in message
     assert "'echo_async'" in message
     assert "task #0" in message
+
+
+async def test_custom_status_is_visible_in_status_and_in_the_instances_row(
+    hub: Hub, azurite: Any
+) -> None:
+    import json
+
+    instance_id = await hub.client.start_new("reports_progress", "progress-1")
+    for _ in range(200):
+        status = await hub.client.get_status(instance_id)
+        if status.custom_status is not None:
+            break
+        await asyncio.sleep(0.05)
+    assert status.custom_status == {"stage": "waiting", "step": 1}
+    assert status.to_json()["customStatus"] == {"stage": "waiting", "step": 1}
+    service = TableServiceClient.from_connection_string(azurite.connection_string)
+    row = service.get_table_client(f"{hub.task_hub}Instances").get_entity(instance_id, "")
+    assert json.loads(row["CustomStatus"]) == {"stage": "waiting", "step": 1}
+    await hub.client.raise_event(instance_id, "go")
+    status = await hub.client.wait_for_completion(instance_id, timeout=60)
+    assert status.custom_status == {"stage": "done", "step": 2}
