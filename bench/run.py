@@ -31,12 +31,11 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from durable_azure.testing.hub_cleanup import delete_hub_resources  # noqa: E402
-
 from durable_azure import DurableClient, OrchestrationStatus  # noqa: E402
 from durable_azure import azurite as azurite_tool  # noqa: E402
 from durable_azure.settings import StorageSettings  # noqa: E402
 from durable_azure.storage.primitives import AnyOf, Cmp, Op  # noqa: E402
+from durable_azure.testing.hub_cleanup import delete_hub_resources  # noqa: E402
 
 
 def percentile(values: list[float], q: float) -> float:
