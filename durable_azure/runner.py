@@ -593,6 +593,7 @@ class EpisodeRunner:
                     instance_id=action.instance_id,
                     execution_id=child_execution,
                     input=action.input,
+                    version=action.version,
                     parent_instance=ParentInstance(
                         name=started.name,
                         instance_id=instance_id,

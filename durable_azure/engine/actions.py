@@ -39,6 +39,7 @@ class CreateSubOrchestration:
     name: str
     instance_id: str
     input: str | None
+    version: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -49,6 +49,11 @@ def function_name(name_or_function: str | Callable[..., Any]) -> str:
     registered = getattr(name_or_function, "__durable_name__", None)
     if isinstance(registered, str):
         return registered
+    # An azure.functions FunctionBuilder (a function decorated in a df.DFApp): its
+    # function's name, as azure-functions-durable resolves it.
+    built = getattr(getattr(name_or_function, "_function", None), "_name", None)
+    if isinstance(built, str) and built:
+        return built
     name = getattr(name_or_function, "__name__", None)
     if isinstance(name, str):
         return name
@@ -105,9 +110,23 @@ class OrchestrationContext:
 
     # --- input and helpers ---------------------------------------------------------------
 
-    def get_input(self) -> Any:
-        """The orchestration's input, decoded from JSON."""
+    def get_input(self, expected_type: type | None = None) -> Any:
+        """The orchestration's input, decoded from JSON.
+
+        ``expected_type`` is accepted for ``azure-functions-durable`` compatibility; values
+        of classes with ``to_json``/``from_json`` decode to those classes either way.
+        """
         return serialization.loads(self._input_text)
+
+    @property
+    def will_continue_as_new(self) -> bool:
+        """True once :meth:`continue_as_new` has been called in this execution."""
+        return self._continue_as_new is not None
+
+    @property
+    def function_context(self) -> dict[str, Any]:
+        """Extra context values (``azure-functions-durable`` compatibility; always empty)."""
+        return {}
 
     def new_uuid(self) -> str:
         """A deterministic UUID string, equal to what ``azure-functions-durable`` returns.
@@ -137,7 +156,12 @@ class OrchestrationContext:
 
     # --- tasks ---------------------------------------------------------------------------
 
-    def call_activity(self, name: str | Callable[..., Any], input_: Any = None) -> ActivityTask:
+    def call_activity(
+        self,
+        name: str | Callable[..., Any],
+        input_: Any = None,
+        expected_type: type | None = None,
+    ) -> ActivityTask:
         """Schedule an activity; ``yield`` the returned task to get its result.
 
         Args:
@@ -175,6 +199,7 @@ class OrchestrationContext:
         name: str | Callable[..., Any],
         retry_options: Any,
         input_: Any = None,
+        expected_type: type | None = None,
     ) -> Task:
         """``call_activity``, retried on failure as ``retry_options`` says.
 
@@ -192,6 +217,8 @@ class OrchestrationContext:
         name: str | Callable[..., Any],
         input_: Any = None,
         instance_id: str | None = None,
+        version: str | None = None,
+        expected_type: type | None = None,
     ) -> SubOrchestrationTask:
         """Start another orchestration as a child and wait for its output.
 
@@ -211,7 +238,11 @@ class OrchestrationContext:
         if not isinstance(child, str) or not child:
             raise ValueError("a sub-orchestration instance id must be a non-empty string")
         self._actions[task_id] = CreateSubOrchestration(
-            id=task_id, name=orchestrator, instance_id=child, input=serialization.dumps(input_)
+            id=task_id,
+            name=orchestrator,
+            instance_id=child,
+            input=serialization.dumps(input_),
+            version=version,
         )
         task = SubOrchestrationTask(task_id, orchestrator, child)
         self._open_tasks[task_id] = task
@@ -223,15 +254,19 @@ class OrchestrationContext:
         retry_options: Any,
         input_: Any = None,
         instance_id: str | None = None,
+        version: str | None = None,
+        expected_type: type | None = None,
     ) -> Task:
         """``call_sub_orchestrator``, retried on failure. Every attempt runs the child
         under the same instance id (a fresh execution each time)."""
         options = RetryOptions.coerce(retry_options)
         return RetryTask(
-            self, options, lambda: self.call_sub_orchestrator(name, input_, instance_id)
+            self, options, lambda: self.call_sub_orchestrator(name, input_, instance_id, version)
         )
 
-    def wait_for_external_event(self, name: str) -> ExternalEventTask:
+    def wait_for_external_event(
+        self, name: str, expected_type: type | None = None
+    ) -> ExternalEventTask:
         """The next event named ``name`` (case-insensitive) raised to this instance.
 
         Events raised before the code waits for them are kept, in order, and delivered to
@@ -261,6 +296,21 @@ class OrchestrationContext:
         """A logger that drops records while the orchestrator is replaying, so each message
         is logged once, not once per replay."""
         return _ReplaySafeLogger(logger, self)
+
+    def call_http(self, method: str, uri: str, *args: Any, **kwargs: Any) -> Task:
+        """Not supported yet: raises, failing the orchestration with a clear message."""
+        raise NotImplementedError(
+            "ctx.call_http (durable HTTP calls) is not supported yet by durable-azure; "
+            "make the request in an activity instead"
+        )
+
+    def call_entity(self, *args: Any, **kwargs: Any) -> Task:
+        """Not supported yet: raises, failing the orchestration with a clear message."""
+        raise NotImplementedError("durable entities are not supported yet by durable-azure")
+
+    def signal_entity(self, *args: Any, **kwargs: Any) -> None:
+        """Not supported yet: raises, failing the orchestration with a clear message."""
+        raise NotImplementedError("durable entities are not supported yet by durable-azure")
 
     def task_all(self, tasks: Sequence[Task]) -> WhenAllTask:
         """A task that completes with all results (in order) once every task has."""

@@ -533,6 +533,7 @@ def _action_event(action: Action, timestamp: datetime) -> HistoryEvent:
             name=action.name,
             instance_id=action.instance_id,
             input=action.input,
+            version=action.version,
         )
     return ExecutionCompleted(
         event_id=action.id,

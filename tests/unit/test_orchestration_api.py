@@ -100,3 +100,36 @@ def test_timer_cancel_after_it_fired_has_no_effect() -> None:
 
     simulated = run_to_completion(orchestrator, None, {})
     assert simulated.output == [True, False]
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda ctx: ctx.call_http("GET", "http://127.0.0.1/"), "call_http"),
+        (lambda ctx: ctx.call_entity("@counter@k", "add", 1), "entities are not supported"),
+        (lambda ctx: ctx.signal_entity("@counter@k", "add", 1), "entities are not supported"),
+    ],
+)
+def test_unsupported_apis_fail_the_orchestration_clearly(call: Any, message: str) -> None:
+    def orchestrator(ctx: OrchestrationContext) -> Generator[Any, Any, Any]:
+        yield call(ctx)
+
+    result = run_to_completion(orchestrator, None, {})
+    assert result.status.name == "Failed"
+    assert result.failure is not None
+    assert result.failure.error_type == "NotImplementedError"
+    assert message in result.failure.error_message
+
+
+def test_df_style_parameters_are_accepted() -> None:
+    def orchestrator(ctx: OrchestrationContext) -> Generator[Any, Any, Any]:
+        value = ctx.get_input(expected_type=dict)
+        first = yield ctx.call_activity("echo", value["n"], expected_type=int)
+        event = ctx.wait_for_external_event("never", expected_type=str)
+        assert not event.is_completed
+        assert ctx.will_continue_as_new is False
+        assert ctx.function_context == {}
+        return first
+
+    result = run_to_completion(orchestrator, {"n": 5}, {"echo": lambda x: x})
+    assert result.output == 5
