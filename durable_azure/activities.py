@@ -26,6 +26,7 @@ from durable_azure.engine.history import (
 )
 from durable_azure.errors import StorageError, UnknownFunctionError
 from durable_azure.storage.messages import TaskMessage
+from durable_azure.storage.poison import DEFAULT_MAX_DEQUEUE_COUNT
 from durable_azure.storage.primitives import QueueMessage
 from durable_azure.storage.provider import AzureStorageProvider, Outbound
 from durable_azure.storage.queues import DEFAULT_VISIBILITY_TIMEOUT, ReceivedMessage
@@ -43,11 +44,13 @@ class ActivityRunner:
         executor: Executor | None,
         *,
         visibility_timeout: timedelta = DEFAULT_VISIBILITY_TIMEOUT,
+        max_dequeue_count: int = DEFAULT_MAX_DEQUEUE_COUNT,
     ) -> None:
         self.provider = provider
         self.activities = activities
         self.executor = executor
         self.visibility_timeout = visibility_timeout
+        self.max_dequeue_count = max_dequeue_count
 
     async def execute(self, name: str, input_text: str | None, task_id: int) -> HistoryEvent:
         """Run activity ``name``; returns its TaskCompleted or TaskFailed for ``task_id``."""
@@ -93,6 +96,9 @@ class ActivityRunner:
             logger.error("work-item queue held a %s message; deleting it", type(scheduled).__name__)
             await received.queue.delete(received.raw)
             return
+        if received.dequeue_count > self.max_dequeue_count:
+            await self._set_aside(received, scheduled)
+            return
         # Keep the work item hidden while the activity runs, however long it takes, so no
         # other worker starts it a second time; each renewal gives a new pop receipt.
         latest = [received.raw]
@@ -114,6 +120,49 @@ class ActivityRunner:
             )
         )
         await received.queue.delete(latest[0])
+
+    async def _set_aside(self, received: ReceivedMessage, scheduled: TaskScheduled) -> None:
+        """A work item delivered too often (its activity kept killing or stalling the
+        worker): set it aside and answer the orchestration with a failure it can catch.
+        Order: copy, answer, delete; a crash in between repeats harmlessly (the copy has
+        the same name, a second answer is dropped as a duplicate)."""
+        request = received.message
+        poison = self.provider.poison
+        record = await poison.set_aside(
+            received.queue.name,
+            received.raw,
+            reason=f"activity {scheduled.name!r} delivered {received.dequeue_count} times",
+            instance_id=request.instance_id,
+        )
+        failure = FailureDetails(
+            error_type="PoisonMessageError",
+            error_message=(
+                f"activity {scheduled.name!r} was delivered {received.dequeue_count} times "
+                "without finishing (the worker running it died or could not complete it); "
+                f"its work item was set aside as {poison.container.name}/{record.name}"
+            ),
+        )
+        logger.error(
+            "poison work item: %s",
+            failure.error_message,
+            extra={"instance_id": request.instance_id, "message_id": received.raw.id},
+        )
+        await self.provider.send(
+            Outbound(
+                TaskMessage(
+                    event=TaskFailed(
+                        timestamp=datetime.now(timezone.utc),
+                        task_scheduled_id=scheduled.event_id,
+                        reason=failure.summary(),
+                        failure_details=failure,
+                    ),
+                    instance_id=request.instance_id,
+                    execution_id=request.execution_id,
+                    episode=request.episode,
+                )
+            )
+        )
+        await received.queue.delete(received.raw)
 
     async def _keep_hidden(self, received: ReceivedMessage, latest: list[QueueMessage]) -> None:
         interval = max(1.0, self.visibility_timeout.total_seconds() / 2)

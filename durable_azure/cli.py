@@ -13,6 +13,8 @@ Commands:
          [--top N] [--json]
     purge ID  |  purge --created-before T [--created-after T] [--status S] [--prefix P]
     azurite                  install the emulator if needed and run it in the foreground
+    serve MODULE:APP [--host H] [--port P] [--key KEY] [--no-worker]
+                             serve the Durable Functions HTTP API (and run a worker)
 """
 
 from __future__ import annotations
@@ -257,6 +259,37 @@ async def _cmd_status(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+async def _cmd_serve(args: argparse.Namespace) -> int:
+    from durable_azure.app import DurableApp
+
+    try:
+        from durable_azure.http.server import check_bind, serve
+    except ImportError as exc:
+        raise ConfigurationError(
+            f"'serve' needs the http extra (pip install 'durable-azure[http]'): {exc}"
+        ) from None
+    key = args.key if args.key is not None else os.environ.get("DURABLE_HTTP_KEY") or None
+    check_bind(args.host, key, args.insecure_no_key)
+    app = load_app(args.app)
+    if not isinstance(app, DurableApp):
+        raise DurableAzureError(
+            f"{args.app} is a {type(app).__module__}.{type(app).__name__}, not a "
+            "durable_azure.DurableApp ('serve' loads DurableApp objects only for now)"
+        )
+    await serve(
+        app,
+        host=args.host,
+        port=args.port,
+        key=key,
+        run_worker=not args.no_worker,
+        insecure_no_key=args.insecure_no_key,
+        connection_string=args.connection,
+        task_hub=args.task_hub,
+        partition_count=args.partitions,
+    )
+    return EXIT_OK
+
+
 def _cmd_azurite(args: argparse.Namespace) -> int:
     from durable_azure import azurite
 
@@ -342,6 +375,25 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("id")
     status.add_argument("--history", action="store_true", help="include the history events")
 
+    serve = sub.add_parser(
+        "serve",
+        help="serve the Durable Functions HTTP API for MODULE:APP (and run its worker)",
+        description="Serve /runtime/webhooks/durabletask (and the /durabletask/ RPC base) "
+        "for the app's task hub until SIGINT/SIGTERM.",
+    )
+    serve.add_argument("app", metavar="MODULE:APP")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (127.0.0.1)")
+    serve.add_argument("--port", type=int, default=7071, help="port to bind (7071)")
+    serve.add_argument(
+        "--key", help="API key required as ?code= or x-functions-key ($DURABLE_HTTP_KEY)"
+    )
+    serve.add_argument(
+        "--insecure-no-key",
+        action="store_true",
+        help="allow a non-loopback --host without a key",
+    )
+    serve.add_argument("--no-worker", action="store_true", help="serve the API only")
+
     sub.add_parser(
         "azurite",
         help="run the Azurite emulator in the foreground",
@@ -373,6 +425,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "status": _cmd_status,
             "list": _cmd_list,
             "purge": _cmd_purge,
+            "serve": _cmd_serve,
             **dict.fromkeys(
                 ("raise", "terminate", "suspend", "resume", "rewind", "restart"), _cmd_control
             ),

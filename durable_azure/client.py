@@ -11,6 +11,7 @@ Method names follow ``azure-functions-durable``'s ``DurableOrchestrationClient``
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -42,6 +43,7 @@ from durable_azure.settings import StorageSettings
 from durable_azure.storage.codec import event_fields
 from durable_azure.storage.messages import format_timestamp
 from durable_azure.storage.names import validate_instance_id
+from durable_azure.storage.poison import PoisonRecord
 from durable_azure.storage.primitives import StorageAccount
 from durable_azure.storage.provider import AzureStorageProvider
 from durable_azure.storage.purge import PurgeResult, purge_instance, purge_instances
@@ -114,6 +116,11 @@ class DurableOrchestrationStatus:
         if self.history is not None:
             data["historyEvents"] = self.history
         return data
+
+
+def _mentions(failure: FailureDetails, text: str) -> bool:
+    inner = failure.inner_failure
+    return text in failure.error_message or (inner is not None and text in inner.error_message)
 
 
 @dataclass(frozen=True)
@@ -445,6 +452,49 @@ class DurableClient:
             time_limit=time_limit,
             continuation=continuation,
         )
+
+    async def list_poison(self) -> list[PoisonRecord]:
+        """Messages set aside after failing too often (see docs/design.md)."""
+        return await self.provider.poison.list()
+
+    async def drop_poison(self, name: str) -> None:
+        """Delete a set-aside message for good.
+
+        Raises:
+            NotFoundError: no such record.
+        """
+        await self.provider.poison.drop(name)
+
+    async def requeue_poison(self, name: str) -> str:
+        """Give a set-aside message another chance; returns what was done.
+
+        If the message failed its instance, the instance is rewound first. A control
+        message is then sent back to its queue; a work item is not (the rewind schedules
+        the activity again, so sending it too would run it twice).
+        """
+        record = await self.provider.poison.get(name)
+        done = []
+        if record.instance_id is not None:
+            with contextlib.suppress(InstanceNotFoundError):
+                status = await self.get_status(record.instance_id, show_input=False)
+                failure = status.failure_details
+                if status.runtime_status is OrchestrationStatus.Failed and (
+                    failure is not None
+                    and (failure.error_type == "PoisonMessageError" or _mentions(failure, name))
+                ):
+                    await self.rewind(record.instance_id, f"requeued {name}")
+                    done.append(f"rewound {record.instance_id}")
+        if record.queue == self.provider.work_items.name:
+            await self.provider.poison.drop(name)
+            done.append(
+                "dropped the work item (the rewind runs its activity again)"
+                if done
+                else "dropped the work item (its instance had already handled the failure)"
+            )
+        else:
+            await self.provider.requeue_poison(name)
+            done.append(f"sent the message back to {record.queue}")
+        return "; ".join(done)
 
     @staticmethod
     def _query(

@@ -191,6 +191,17 @@ def unknown_orchestrator_result(
         error_type="UnknownFunctionError",
         error_message=f"no orchestrator named {name!r} is registered with this worker",
     )
+    return failed_result(failure, new_events, history, now)
+
+
+def failed_result(
+    failure: FailureDetails,
+    new_events: list[HistoryEvent],
+    history: list[HistoryEvent],
+    now: datetime,
+) -> EpisodeResult:
+    """An episode that ends the execution as Failed without running the code (an unknown
+    orchestrator, a poison message)."""
     next_id = sum(
         isinstance(e, (TaskScheduled, TimerCreated, SubOrchestrationInstanceCreated))
         for e in history

@@ -30,6 +30,7 @@ from durable_azure.engine.history import (
     ExecutionRewound,
     ExecutionStarted,
     ExecutionTerminated,
+    FailureDetails,
     GenericEvent,
     HistoryEvent,
     OrchestrationStatus,
@@ -43,6 +44,7 @@ from durable_azure.engine.replay import EpisodeResult, Orchestrator, run_episode
 from durable_azure.errors import SessionAbortedError, StorageError
 from durable_azure.storage.codec import completion_of
 from durable_azure.storage.messages import TaskMessage
+from durable_azure.storage.poison import DEFAULT_MAX_DEQUEUE_COUNT
 from durable_azure.storage.provider import AzureStorageProvider, Checkpoint, Outbound
 from durable_azure.storage.queues import ReceivedMessage
 from durable_azure.storage.tracking import InstanceRecord, LoadedHistory
@@ -130,10 +132,12 @@ class EpisodeRunner:
         *,
         cache_size: int = DEFAULT_HISTORY_CACHE_SIZE,
         clock: Callable[[], datetime] = _utcnow,
+        max_dequeue_count: int = DEFAULT_MAX_DEQUEUE_COUNT,
     ) -> None:
         self.provider = provider
         self.orchestrators = orchestrators
         self.cache = HistoryCache(cache_size)
+        self.max_dequeue_count = max_dequeue_count
         # Episode times, timer due checks and row times come from here (tests pass a fake
         # clock shared with the in-memory storage to exercise days-long timers).
         self.clock = clock
@@ -142,6 +146,15 @@ class EpisodeRunner:
         """Run one episode for ``batch`` (all messages of one instance). Never raises for
         storage trouble: the messages are abandoned and come back later."""
         log_extra = {"instance_id": instance_id}
+        poisoned = [m for m in batch if m.dequeue_count > self.max_dequeue_count]
+        if poisoned:
+            batch = [m for m in batch if m.dequeue_count <= self.max_dequeue_count]
+            try:
+                await self._set_aside(instance_id, poisoned)
+            except StorageError as exc:  # kept in the queue; tried again next delivery
+                logger.warning("could not set aside poison messages: %s", exc, extra=log_extra)
+        if not batch:
+            return
         try:
             await self._process(instance_id, batch)
         except SessionAbortedError as exc:
@@ -187,6 +200,74 @@ class EpisodeRunner:
             return
         await self._run_and_commit(instance_id, history, triage)
 
+    async def _set_aside(self, instance_id: str, poisoned: list[ReceivedMessage]) -> None:
+        """Move messages that failed too often to the poison container and fail their
+        instance, naming them. Order: copy, fail, delete - a crash in between repeats the
+        copy (same blob name) and finds the instance already failed; nothing is lost."""
+        notes = []
+        for received in poisoned:
+            record = await self.provider.poison.set_aside(
+                received.queue.name,
+                received.raw,
+                reason=f"delivered {received.dequeue_count} times without being processed",
+                instance_id=instance_id,
+            )
+            notes.append(
+                f"message {received.raw.id} ({type(received.message.event).__name__}) was "
+                f"delivered {received.dequeue_count} times without being processed; it was "
+                f"set aside as {self.provider.poison.container.name}/{record.name}"
+            )
+            logger.error(
+                "poison message: %s",
+                notes[-1],
+                extra={"instance_id": instance_id, "message_id": received.raw.id},
+            )
+        await self._fail_instance(instance_id, "; ".join(notes))
+        await _gather(m.queue.delete(m.raw) for m in poisoned)
+
+    async def _fail_instance(self, instance_id: str, reason: str) -> None:
+        """End the instance's current execution as Failed (through a real checkpoint, so
+        history and Instances agree, and it can be rewound once the message is fixed)."""
+        self.cache.drop(instance_id)
+        history = await self.provider.load_history(instance_id)
+        started = history.started
+        now = self.clock()
+        failure = FailureDetails(error_type="PoisonMessageError", error_message=reason)
+        if started is None:
+            row = await self.provider.read_instance(instance_id)
+            if row is not None and not row.runtime_status.is_terminal:
+                await self.provider.instances.merge(
+                    instance_id,
+                    {
+                        "RuntimeStatus": OrchestrationStatus.Failed.name,
+                        "Output": effects.output_column(None, failure),
+                        "CompletedTime": now,
+                        "LastUpdatedTime": now,
+                    },
+                )
+            return
+        if completion_of(history.events) is not None:
+            return  # already finished: nothing to fail
+        result = effects.failed_result(
+            failure, [OrchestratorStarted(timestamp=now)], history.events, now
+        )
+        execution_id = history.execution_id or started.execution_id
+        episode = sum(isinstance(e, OrchestratorStarted) for e in history.events) + 1
+        await self._commit(
+            instance_id,
+            Checkpoint(
+                instance_id=instance_id,
+                execution_id=execution_id,
+                outbound=self._outbound(instance_id, started, execution_id, episode, result, now),
+                history_start=len(history.events),
+                new_events=result.new_events,
+                history_etag=history.etag,
+                instance_update=effects.instance_update(result, None, now),
+            ),
+            history,
+            result,
+        )
+
     async def _triage(
         self, instance_id: str, batch: list[ReceivedMessage], history: LoadedHistory
     ) -> _Triage:
@@ -195,6 +276,11 @@ class EpisodeRunner:
         terminal = completion_of(history.events) is not None
         failed = effects.failed(history.events)
         scheduled, completed = effects.task_ids(history.events)
+        if failed and any(isinstance(m.message.event, ExecutionRewound) for m in batch):
+            # A rewind in this batch: judge the other messages against the history as it
+            # will be once rewound (e.g. a requeued poison message is applied, not lost).
+            terminal = False
+            scheduled, completed = effects.task_ids(effects.without_failures(history.events))
         now = self.clock()
         pending_row: InstanceRecord | bool | None = False  # False: not read yet
         for received in batch:
@@ -246,7 +332,7 @@ class EpisodeRunner:
             elif isinstance(event, ExecutionRewound):
                 if failed and t.rewind is None:
                     t.rewind = event
-                    t.accepted.append(received)
+                    t.accepted.insert(0, received)  # the rewind comes first in its episode
                 else:
                     logger.warning(
                         "ignoring rewind of %s: only a Failed instance can be rewound",
@@ -428,13 +514,9 @@ class EpisodeRunner:
         started = history.started
         assert started is not None
         now = self.clock()
-        result = self._run(
-            started,
-            instance_id,
-            kept,
-            [OrchestratorStarted(timestamp=now), triage.rewind],
-            now,
-        )
+        new_events: list[HistoryEvent] = [OrchestratorStarted(timestamp=now)]
+        new_events += [m.message.event for m in triage.accepted]  # the rewind, then others
+        result = self._run(started, instance_id, kept, new_events, now)
         episode = sum(isinstance(e, OrchestratorStarted) for e in kept) + 1
         execution_id = history.execution_id or started.execution_id
         update = effects.instance_update(result, None, now)

@@ -19,7 +19,7 @@ import logging
 import os
 import random
 import signal
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
@@ -30,6 +30,7 @@ from durable_azure.app import DurableApp
 from durable_azure.errors import StorageError
 from durable_azure.runner import EpisodeRunner
 from durable_azure.storage.names import MAX_MESSAGES_PER_RECEIVE
+from durable_azure.storage.poison import DEFAULT_MAX_DEQUEUE_COUNT
 from durable_azure.storage.primitives import StorageAccount
 from durable_azure.storage.provider import AzureStorageProvider
 from durable_azure.storage.queues import (
@@ -54,6 +55,8 @@ class WorkerOptions:
         visibility_timeout: how long received messages stay hidden from other workers.
         shutdown_grace: seconds in-flight work may take to finish on stop.
         history_cache_size: histories kept in memory between episodes (0 disables).
+        max_dequeue_count: deliveries after which a message that keeps failing is set
+            aside in the task hub's poison container (its instance fails, naming it).
     """
 
     max_concurrent_orchestrations: int = 100
@@ -63,12 +66,15 @@ class WorkerOptions:
     visibility_timeout: timedelta = DEFAULT_VISIBILITY_TIMEOUT
     shutdown_grace: float = 30.0
     history_cache_size: int = 1000
+    max_dequeue_count: int = DEFAULT_MAX_DEQUEUE_COUNT
 
     def __post_init__(self) -> None:
         if self.max_concurrent_orchestrations < 1 or self.max_concurrent_activities < 1:
             raise ValueError("concurrency limits must be at least 1")
         if not 0 < self.min_poll_interval <= self.max_poll_interval:
             raise ValueError("need 0 < min_poll_interval <= max_poll_interval")
+        if self.max_dequeue_count < 1:
+            raise ValueError("max_dequeue_count must be at least 1")
 
 
 class _Backoff:
@@ -127,13 +133,17 @@ class Worker:
             thread_name_prefix="durable-activity",
         )
         self.episodes = EpisodeRunner(
-            self.provider, app.get_orchestrator, cache_size=self.options.history_cache_size
+            self.provider,
+            app.get_orchestrator,
+            cache_size=self.options.history_cache_size,
+            max_dequeue_count=self.options.max_dequeue_count,
         )
         self.activities = ActivityRunner(
             self.provider,
             app.get_activity,
             self._executor,
             visibility_timeout=self.options.visibility_timeout,
+            max_dequeue_count=self.options.max_dequeue_count,
         )
         self._orchestration_slots = asyncio.Semaphore(self.options.max_concurrent_orchestrations)
         self._activity_slots = asyncio.Semaphore(self.options.max_concurrent_activities)
@@ -229,28 +239,48 @@ class Worker:
             return [], []
 
     async def _poll_control(self, queue: TaskHubQueue) -> None:
+        await self._keep_polling(queue, self._poll_control_once)
+
+    async def _poll_work_items(self) -> None:
+        await self._keep_polling(self.provider.work_items, self._poll_work_items_once)
+
+    async def _keep_polling(
+        self, queue: TaskHubQueue, poll: Callable[[TaskHubQueue, _Backoff], Awaitable[bool]]
+    ) -> None:
+        """Poll until stopped. A poller must never die: an unexpected error is logged and
+        the queue is polled again after a backoff (a dead poller would strand its queue)."""
         backoff = self._backoffs[queue.name]
         while not self._stopping.is_set():
-            # Flow control: never hold more received-but-unprocessed work than we can run.
-            await self._orchestration_slots.acquire()
-            self._orchestration_slots.release()
-            if self._stopping.is_set():
-                break  # stop() began while we waited for a slot: receive nothing more
-            received, unreadable = await self._receive(queue, MAX_MESSAGES_PER_RECEIVE)
-            await self._set_aside(unreadable)
-            if not received:
+            try:
+                if not await poll(queue, backoff):
+                    return
+            except Exception:
+                logger.exception("unexpected error polling %s; polling again", queue.name)
                 await backoff.wait()
-                continue
-            backoff.reset()
-            by_instance: dict[str, list[ReceivedMessage]] = {}
-            for message in received:
-                by_instance.setdefault(message.message.instance_id, []).append(message)
-            for instance_id, batch in by_instance.items():
-                if instance_id in self._active:
-                    self._active[instance_id].extend(batch)
-                else:
-                    self._active[instance_id] = []
-                    self._spawn(self._run_instance(instance_id, batch), batch)
+
+    async def _poll_control_once(self, queue: TaskHubQueue, backoff: _Backoff) -> bool:
+        """One receive from a control queue; False once the worker is stopping."""
+        # Flow control: never hold more received-but-unprocessed work than we can run.
+        await self._orchestration_slots.acquire()
+        self._orchestration_slots.release()
+        if self._stopping.is_set():
+            return False  # stop() began while we waited for a slot: receive nothing
+        received, unreadable = await self._receive(queue, MAX_MESSAGES_PER_RECEIVE)
+        await self._set_aside(unreadable)
+        if not received:
+            await backoff.wait()
+            return True
+        backoff.reset()
+        by_instance: dict[str, list[ReceivedMessage]] = {}
+        for message in received:
+            by_instance.setdefault(message.message.instance_id, []).append(message)
+        for instance_id, batch in by_instance.items():
+            if instance_id in self._active:
+                self._active[instance_id].extend(batch)
+            else:
+                self._active[instance_id] = []
+                self._spawn(self._run_instance(instance_id, batch), batch)
+        return True
 
     async def _run_instance(self, instance_id: str, batch: list[ReceivedMessage]) -> None:
         """Run episodes for one instance until no more messages are waiting for it."""
@@ -266,29 +296,33 @@ class Worker:
         finally:
             self._active.pop(instance_id, None)
 
-    async def _poll_work_items(self) -> None:
-        queue = self.provider.work_items
-        backoff = self._backoffs[queue.name]
-        while not self._stopping.is_set():
+    async def _poll_work_items_once(self, queue: TaskHubQueue, backoff: _Backoff) -> bool:
+        """One receive from the work-item queue; False once the worker is stopping."""
+        await self._activity_slots.acquire()
+        if self._stopping.is_set():
+            self._activity_slots.release()
+            return False  # stop() began while every slot was busy: start nothing new
+        free = 1
+        # Take as many slots as are free right now (at least the one we waited for).
+        while free < MAX_MESSAGES_PER_RECEIVE and not self._activity_slots.locked():
             await self._activity_slots.acquire()
-            if self._stopping.is_set():
-                self._activity_slots.release()
-                break  # stop() began while every slot was busy: start nothing new
-            free = 1
-            # Take as many slots as are free right now (at least the one we waited for).
-            while free < MAX_MESSAGES_PER_RECEIVE and not self._activity_slots.locked():
-                await self._activity_slots.acquire()
-                free += 1
+            free += 1
+        try:
             received, unreadable = await self._receive(queue, free)
             await self._set_aside(unreadable)
-            for _ in range(free - len(received)):
+        except BaseException:
+            for _ in range(free):
                 self._activity_slots.release()
-            if not received:
-                await backoff.wait()
-                continue
-            backoff.reset()
-            for message in received:
-                self._spawn(self._run_activity(message), [message])
+            raise
+        for _ in range(free - len(received)):
+            self._activity_slots.release()
+        if not received:
+            await backoff.wait()
+            return True
+        backoff.reset()
+        for message in received:
+            self._spawn(self._run_activity(message), [message])
+        return True
 
     async def _run_activity(self, message: ReceivedMessage) -> None:
         try:
@@ -301,11 +335,19 @@ class Worker:
             self._activity_slots.release()
 
     async def _set_aside(self, unreadable: list[UnreadableMessage]) -> None:
-        # Unreadable messages are retried with growing delays (up to 10 minutes); moving
-        # them to a poison queue is the job of the poison-message handling.
+        # Unreadable messages (garbage, truncated, a format from the future) are retried
+        # with growing delays, then set aside in the poison container; the worker goes on.
         for bad in unreadable:
-            with contextlib.suppress(StorageError):
-                await bad.queue.abandon(bad.raw)
+            try:
+                if bad.raw.dequeue_count > self.options.max_dequeue_count:
+                    await self.provider.poison.set_aside(
+                        bad.queue.name, bad.raw, reason=f"unreadable: {bad.error}", instance_id=None
+                    )
+                    await bad.queue.delete(bad.raw)
+                else:
+                    await bad.queue.abandon(bad.raw)
+            except StorageError as exc:
+                logger.warning("could not abandon or set aside message %s: %s", bad.raw.id, exc)
 
     def _spawn(self, work: Awaitable[None], held: list[ReceivedMessage]) -> None:
         async def guarded() -> None:

@@ -220,7 +220,7 @@ def decode(envelope: dict[str, Any]) -> TaskMessage:
         )
     except MessageFormatError:
         raise
-    except (KeyError, TypeError, ValueError) as exc:
+    except Exception as exc:  # any shape we cannot read (a number for an object, ...)
         raise MessageFormatError(f"queue message is not a DTFx task message: {exc!r}") from exc
 
 

@@ -134,6 +134,11 @@ class TaskHubNames:
     def large_messages_container(self) -> str:
         return f"{self.hub.lower()}-largemessages"
 
+    @property
+    def poison_container(self) -> str:
+        """Messages set aside after failing too often (ours; DTFx has no such place)."""
+        return f"{self.hub.lower()}-poison"
+
     def partition_of(self, instance_id: str) -> int:
         """The partition (control queue index) an instance belongs to."""
         return fnv1a32(instance_id.encode("utf-8")) % self.partition_count

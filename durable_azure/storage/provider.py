@@ -31,6 +31,7 @@ from durable_azure.storage.names import (
     TaskHubNames,
     validate_instance_id,
 )
+from durable_azure.storage.poison import PoisonStore
 from durable_azure.storage.primitives import StorageAccount
 from durable_azure.storage.queues import ReceivedMessage, TaskHubQueue
 from durable_azure.storage.tracking import (
@@ -86,6 +87,7 @@ class AzureStorageProvider:
             TaskHubQueue(account.queue(name), self.payloads) for name in names.control_queues
         ]
         self.work_items = TaskHubQueue(account.queue(names.work_item_queue), self.payloads)
+        self.poison = PoisonStore(account.container(names.poison_container))
         self._send_listeners: list[SendListener] = []
 
     # --- task hub ------------------------------------------------------------------------
@@ -96,6 +98,7 @@ class AzureStorageProvider:
             self.history.table.create(),
             self.instances.table.create(),
             self.payloads.container.create(),
+            self.poison.container.create(),
             self.work_items.queue.create(),
             *(q.queue.create() for q in self.control_queues),
         )
@@ -106,9 +109,27 @@ class AzureStorageProvider:
             self.history.table.delete_table(),
             self.instances.table.delete_table(),
             self.payloads.container.delete_container(),
+            self.poison.container.delete_container(),
             self.work_items.queue.delete_queue(),
             *(q.queue.delete_queue() for q in self.control_queues),
         )
+
+    def queue_named(self, name: str) -> TaskHubQueue:
+        """The control or work-item queue called ``name``.
+
+        Raises:
+            ValueError: no queue of this task hub has that name.
+        """
+        for queue in [*self.control_queues, self.work_items]:
+            if queue.name == name:
+                return queue
+        raise ValueError(f"task hub {self.names.hub!r} has no queue named {name!r}")
+
+    async def requeue_poison(self, name: str) -> None:
+        """Send a set-aside message's original body back to its queue, then forget it."""
+        record = await self.poison.get(name)
+        await self.queue_named(record.queue).queue.send(record.body)
+        await self.poison.drop(name)
 
     def control_queue_of(self, instance_id: str) -> TaskHubQueue:
         return self.control_queues[self.names.partition_of(instance_id)]

@@ -12,10 +12,10 @@ import logging
 from dataclasses import dataclass, replace
 from datetime import timedelta
 
-from durable_azure.errors import MessageGoneError, NotFoundError
+from durable_azure.errors import MessageGoneError
 from durable_azure.storage import messages
 from durable_azure.storage.largepayloads import LargePayloads
-from durable_azure.storage.messages import MessageFormatError, TaskMessage
+from durable_azure.storage.messages import TaskMessage
 from durable_azure.storage.names import (
     MAX_INLINE_MESSAGE_BYTES,
     MAX_MESSAGES_PER_RECEIVE,
@@ -113,7 +113,7 @@ class TaskHubQueue:
                 if blob is not None:
                     envelope = messages.parse_envelope(await self.payloads.fetch_message(blob))
                 good.append(ReceivedMessage(messages.decode(envelope), raw, self))
-            except (MessageFormatError, NotFoundError) as exc:
+            except Exception as exc:  # unreadable for any reason: set aside, never fatal
                 logger.error(
                     "unreadable message %s in %s (dequeue count %d): %s",
                     raw.id,

@@ -1,0 +1,136 @@
+"""Serving the HTTP API with uvicorn inside an existing asyncio loop.
+
+:class:`EmbeddedServer` is a ``uvicorn.Server`` that leaves signal handling to its owner
+(uvicorn's own handlers would re-raise SIGTERM after shutdown). :func:`serve` runs the
+API, and optionally a :class:`~durable_azure.worker.Worker`, until SIGINT/SIGTERM, then
+stops both: the server stops taking requests first, then the worker finishes its work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Generator
+from typing import Any
+
+import uvicorn
+
+from durable_azure.app import DurableApp
+from durable_azure.client import DurableClient
+from durable_azure.errors import ConfigurationError
+from durable_azure.http.api import DEFAULT_BASE_PATH, create_management_app
+from durable_azure.http.security import is_loopback_host
+
+__all__ = ["EmbeddedServer", "bound_port", "serve"]
+
+logger = logging.getLogger(__name__)
+
+
+class EmbeddedServer(uvicorn.Server):
+    """A uvicorn server that installs no signal handlers (its owner stops it by setting
+    ``should_exit``)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
+
+
+def server_config(app: Any, host: str, port: int) -> uvicorn.Config:
+    """A uvicorn config for embedding: no lifespan, no websockets, our logging."""
+    return uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        lifespan="off",
+        ws="none",
+        http="h11",
+        log_config=None,
+        access_log=False,
+        server_header=False,
+    )
+
+
+def bound_port(server: uvicorn.Server) -> int:
+    """The port a started server listens on (useful with port 0)."""
+    for listener in server.servers:
+        for sock in listener.sockets:
+            return int(sock.getsockname()[1])
+    raise RuntimeError("the server is not listening")
+
+
+def check_bind(host: str, key: str | None, insecure_no_key: bool) -> None:
+    """Refuse a non-loopback address without a key (unless explicitly allowed)."""
+    if key is None and not insecure_no_key and not is_loopback_host(host):
+        raise ConfigurationError(
+            f"refusing to serve the HTTP API on {host!r} without a key: anyone who can "
+            "reach it could start, terminate and purge instances. Give --key (or set "
+            "DURABLE_HTTP_KEY), bind to 127.0.0.1, or pass --insecure-no-key."
+        )
+
+
+async def serve(
+    app: DurableApp,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 7071,
+    key: str | None = None,
+    run_worker: bool = True,
+    insecure_no_key: bool = False,
+    base_path: str = DEFAULT_BASE_PATH,
+    **settings: Any,
+) -> None:
+    """Serve ``app``'s task hub over HTTP (and run its worker) until SIGINT/SIGTERM.
+
+    ``settings`` override the app's storage settings (``connection_string``,
+    ``task_hub``, ``partition_count``).
+    """
+    from durable_azure.worker import Worker
+
+    check_bind(host, key, insecure_no_key)
+    overrides = {k: v for k, v in settings.items() if v is not None}
+    client = DurableClient.from_app(app, **overrides)
+    worker = Worker(app, **overrides) if run_worker else None
+    asgi = create_management_app(
+        client,
+        base_path=base_path,
+        key=key,
+        orchestrator_names=lambda: set(app.orchestrators),
+    )
+    server = EmbeddedServer(server_config(asgi, host, port))
+    loop = asyncio.get_running_loop()
+
+    def request_stop() -> None:
+        server.should_exit = True
+
+    installed: list[signal.Signals] = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, request_stop)
+            installed.append(sig)
+    try:
+        if worker is not None:
+            await worker.start()
+        serving = asyncio.create_task(server.serve(), name="http server")
+        while not server.started and not serving.done():  # noqa: ASYNC110 (no event to wait on)
+            await asyncio.sleep(0.05)
+        if server.started:
+            shown = f"[{host}]" if ":" in host else host
+            logger.info(
+                "HTTP API on http://%s:%d%s (task hub %s, key %s)",
+                shown,
+                bound_port(server),
+                base_path,
+                client.provider.names.hub,
+                "required" if key else "not required",
+            )
+        await serving
+    finally:
+        for sig in installed:
+            loop.remove_signal_handler(sig)
+        try:
+            if worker is not None:
+                await worker.stop()
+        finally:
+            await client.close()
