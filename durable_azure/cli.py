@@ -28,6 +28,7 @@ import os
 import sys
 from collections.abc import Sequence
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from durable_azure.errors import ConfigurationError, DurableAzureError
@@ -270,12 +271,20 @@ async def _cmd_serve(args: argparse.Namespace) -> int:
         ) from None
     key = args.key if args.key is not None else os.environ.get("DURABLE_HTTP_KEY") or None
     check_bind(args.host, key, args.insecure_no_key)
-    app = load_app(args.app)
-    if not isinstance(app, DurableApp):
-        raise DurableAzureError(
-            f"{args.app} is a {type(app).__module__}.{type(app).__name__}, not a "
-            "durable_azure.DurableApp ('serve' loads DurableApp objects only for now)"
-        )
+    app: Any
+    if args.app.endswith(".py") or Path(args.app).is_dir():  # noqa: ASYNC240 - at start-up
+        app = _function_app(args.app)  # function_app.py, or a directory holding one
+    else:
+        app = load_app(args.app)
+        if not isinstance(app, DurableApp):
+            import azure.functions as func
+
+            if not isinstance(app, func.FunctionRegister):
+                raise DurableAzureError(
+                    f"{args.app} is a {type(app).__module__}.{type(app).__name__}, neither "
+                    "a durable_azure.DurableApp nor an azure.functions app (df.DFApp)"
+                )
+            app = _function_app(args.app)
     await serve(
         app,
         host=args.host,
@@ -288,6 +297,12 @@ async def _cmd_serve(args: argparse.Namespace) -> int:
         partition_count=args.partitions,
     )
     return EXIT_OK
+
+
+def _function_app(spec: str) -> Any:
+    from durable_azure.functions import load_function_app
+
+    return load_function_app(spec)
 
 
 def _cmd_azurite(args: argparse.Namespace) -> int:
@@ -381,7 +396,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Serve /runtime/webhooks/durabletask (and the /durabletask/ RPC base) "
         "for the app's task hub until SIGINT/SIGTERM.",
     )
-    serve.add_argument("app", metavar="MODULE:APP")
+    serve.add_argument(
+        "app", metavar="APP", help="MODULE:APP, or a function app's function_app.py or folder"
+    )
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (127.0.0.1)")
     serve.add_argument("--port", type=int, default=7071, help="port to bind (7071)")
     serve.add_argument(

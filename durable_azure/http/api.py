@@ -43,7 +43,12 @@ from durable_azure.errors import (
     InvalidInstanceIdError,
 )
 from durable_azure.http import payloads
-from durable_azure.http.security import BodyLimitMiddleware, BodyTooLargeError, key_matches
+from durable_azure.http.security import (
+    BodyLimitMiddleware,
+    BodyTooLargeError,
+    is_loopback_host,
+    key_matches,
+)
 
 __all__ = ["DEFAULT_BASE_PATH", "RPC_BASE_PATH", "create_management_app"]
 
@@ -244,6 +249,17 @@ class _ManagementApi:
         rpc: bool,
     ) -> Response:
         needs_key = self.key is not None and (self.rpc_requires_key or not rpc)
+        if rpc and self.key is not None and not self.rpc_requires_key:
+            # The keyless RPC base is for the function app's own client, in this
+            # process: only loopback callers may use it without the key.
+            peer = request.client.host if request.client else ""
+            if not is_loopback_host(peer) and not key_matches(request, self.key):
+                return _error(
+                    403,
+                    "Forbidden",
+                    "the /durabletask/ RPC base takes keyless requests from this machine "
+                    "only; use the public API with its key",
+                )
         if needs_key and not key_matches(request, self.key or ""):
             return _error(
                 401,
@@ -537,8 +553,9 @@ def create_management_app(
         connection_name: the connection *name* put in management URLs (``connection=``);
             never a connection string.
         rpc_requires_key: when False, the ``/durabletask/`` RPC base takes requests
-            without the key (the host's RPC listener has no auth; the SDK cannot send
-            one). Only for servers reachable from trusted callers alone.
+            without the key from loopback callers (the function app's own
+            ``DurableOrchestrationClient``, which cannot send one, like the host's local
+            RPC listener); other callers still need the key (403 otherwise).
     """
     base_path = "/" + base_path.strip("/")
     if base_path == RPC_BASE_PATH:

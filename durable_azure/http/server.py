@@ -13,7 +13,7 @@ import contextlib
 import logging
 import signal
 from collections.abc import Generator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import uvicorn
 
@@ -22,6 +22,9 @@ from durable_azure.client import DurableClient
 from durable_azure.errors import ConfigurationError
 from durable_azure.http.api import DEFAULT_BASE_PATH, create_management_app
 from durable_azure.http.security import is_loopback_host
+
+if TYPE_CHECKING:
+    from durable_azure.functions import FunctionAppAdapter
 
 __all__ = ["EmbeddedServer", "bound_port", "serve"]
 
@@ -71,7 +74,7 @@ def check_bind(host: str, key: str | None, insecure_no_key: bool) -> None:
 
 
 async def serve(
-    app: DurableApp,
+    app: DurableApp | FunctionAppAdapter,
     *,
     host: str = "127.0.0.1",
     port: int = 7071,
@@ -83,20 +86,42 @@ async def serve(
 ) -> None:
     """Serve ``app``'s task hub over HTTP (and run its worker) until SIGINT/SIGTERM.
 
+    ``app`` is a :class:`DurableApp`, or a function app loaded with
+    :func:`durable_azure.functions.load_function_app`: then its HTTP-triggered functions
+    are served at ``/api/<route>`` too (with ``key`` required unless anonymous), and their
+    durable clients talk to this server's ``/durabletask/`` RPC base.
     ``settings`` override the app's storage settings (``connection_string``,
     ``task_hub``, ``partition_count``).
     """
+    from durable_azure.functions import ClientBinding, FunctionAppAdapter
+    from durable_azure.functions.http_triggers import default_binding_factory
     from durable_azure.worker import Worker
 
     check_bind(host, key, insecure_no_key)
     overrides = {k: v for k, v in settings.items() if v is not None}
-    client = DurableClient.from_app(app, **overrides)
-    worker = Worker(app, **overrides) if run_worker else None
+    adapter = app if isinstance(app, FunctionAppAdapter) else None
+    durable_app = app.durable_app if isinstance(app, FunctionAppAdapter) else app
+    client = DurableClient.from_app(durable_app, **overrides)
+    worker = Worker(durable_app, **overrides) if run_worker else None
+    rpc_base_url = [""]  # known once the port is bound
+
+    def binding(origin: str, client_binding: ClientBinding, task_hub: str) -> str:
+        return default_binding_factory(rpc_base_url[0])(origin, client_binding, task_hub)
+
+    routes = (
+        adapter.http_routes("", binding, task_hub=client.provider.names.hub, function_key=key)
+        if adapter is not None
+        else []
+    )
     asgi = create_management_app(
         client,
         base_path=base_path,
         key=key,
-        orchestrator_names=lambda: set(app.orchestrators),
+        extra_routes=routes,
+        orchestrator_names=lambda: set(durable_app.orchestrators),
+        # A function app's own DurableOrchestrationClient cannot send the key; it reaches
+        # the RPC base over loopback, which is allowed without it.
+        rpc_requires_key=adapter is None,
     )
     server = EmbeddedServer(server_config(asgi, host, port))
     loop = asyncio.get_running_loop()
@@ -116,6 +141,11 @@ async def serve(
         while not server.started and not serving.done():  # noqa: ASYNC110 (no event to wait on)
             await asyncio.sleep(0.05)
         if server.started:
+            local = host if is_loopback_host(host) else "127.0.0.1"
+            rpc_base_url[0] = (
+                f"http://{'[' + local + ']' if ':' in local else local}:"
+                f"{bound_port(server)}/durabletask/"
+            )
             shown = f"[{host}]" if ":" in host else host
             logger.info(
                 "HTTP API on http://%s:%d%s (task hub %s, key %s)",
@@ -134,3 +164,5 @@ async def serve(
                 await worker.stop()
         finally:
             await client.close()
+            if adapter is not None:
+                await adapter.aclose()

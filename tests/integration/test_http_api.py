@@ -673,4 +673,60 @@ def test_serve_names_what_it_got_when_not_a_durable_app(serve_env: dict[str, str
     )  # fmt: skip
     assert done.returncode != 0
     assert "builtins.set" in done.stderr
-    assert "not a durable_azure.DurableApp" in done.stderr
+    assert "neither a durable_azure.DurableApp nor an azure.functions app" in done.stderr
+
+
+async def test_serve_runs_a_function_app_unchanged_over_http(
+    azurite: Any, task_hub: str, serve_env: dict[str, str]
+) -> None:
+    """``durable-azure serve`` a df.DFApp folder, driven only over HTTP: its starter
+    answers with the check-status body, the approval event goes through
+    sendEventPostUri, the status URL reports the result. A key is configured: the API
+    needs it; the app's anonymous routes and its own client (over the RPC base) do not."""
+    port = _free_port()
+    process = _spawn_serve(
+        "--connection", azurite.connection_string, "--task-hub", task_hub,
+        "serve", "tests/function_apps/human_interaction", "--port", str(port),
+        "--key", SERVE_KEY,
+        env=serve_env,
+    )  # fmt: skip
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=60) as http:
+            for _ in range(MAX_POLLS):
+                assert process.poll() is None, process.communicate()
+                try:
+                    await http.get("/api/approvals")
+                except httpx.TransportError:
+                    await asyncio.sleep(0.1)
+                    continue
+                break
+            started = await http.post(
+                "/api/approvals", json={"item": "laptop", "timeout_seconds": 300}
+            )
+            assert started.status_code == 202, started.text
+            body = started.json()
+            assert started.headers["location"] == body["statusQueryGetUri"]
+            assert body["sendEventPostUri"].startswith(f"http://127.0.0.1:{port}{BASE}/")
+            assert f"code={SERVE_KEY}" not in body["statusQueryGetUri"]  # the SDK builds it
+            status_url = body["statusQueryGetUri"] + f"&code={SERVE_KEY}"
+            assert (await http.get(body["statusQueryGetUri"])).status_code == 401
+            event_url = body["sendEventPostUri"].replace("{eventName}", "ApprovalEvent")
+            raised = await http.post(f"{event_url}&code={SERVE_KEY}", json={"approved": True})
+            assert raised.status_code == 202, raised.text
+            for _ in range(MAX_POLLS):
+                status = await http.get(status_url)
+                if status.status_code != 202:
+                    break
+                await asyncio.sleep(0.1)
+            assert status.status_code == 200, status.text
+            assert status.json()["output"] == "approved"
+            assert status.json()["customStatus"] == {"stage": "decided"}
+            assert (await http.get(f"{BASE}/instances")).status_code == 401
+        process.send_signal(signal.SIGTERM)
+        _out, err = await asyncio.to_thread(process.communicate, timeout=60)
+        assert process.returncode == 0, err
+        assert SERVE_KEY not in err
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
