@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import socket
 from collections.abc import Generator
 from typing import TYPE_CHECKING, Any
 
@@ -53,6 +54,20 @@ def server_config(app: Any, host: str, port: int) -> uvicorn.Config:
         access_log=False,
         server_header=False,
     )
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on ``host:port`` (as uvicorn would open it)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise ConfigurationError(f"cannot listen on {host}:{port}: {exc}") from None
+    sock.set_inheritable(True)
+    return sock
 
 
 def bound_port(server: uvicorn.Server) -> int:
@@ -137,15 +152,18 @@ async def serve(
     try:
         if worker is not None:
             await worker.start()
-        serving = asyncio.create_task(server.serve(), name="http server")
+        # Bind first, so the port - and the RPC URL that function apps' clients use - is
+        # known before the first request can arrive (port 0 picks a free one).
+        sock = _bind(host, port)
+        local = host if is_loopback_host(host) else "127.0.0.1"
+        rpc_base_url[0] = (
+            f"http://{'[' + local + ']' if ':' in local else local}:"
+            f"{sock.getsockname()[1]}/durabletask/"
+        )
+        serving = asyncio.create_task(server.serve(sockets=[sock]), name="http server")
         while not server.started and not serving.done():  # noqa: ASYNC110 (no event to wait on)
             await asyncio.sleep(0.05)
         if server.started:
-            local = host if is_loopback_host(host) else "127.0.0.1"
-            rpc_base_url[0] = (
-                f"http://{'[' + local + ']' if ':' in local else local}:"
-                f"{bound_port(server)}/durabletask/"
-            )
             shown = f"[{host}]" if ":" in host else host
             logger.info(
                 "HTTP API on http://%s:%d%s (task hub %s, key %s)",

@@ -730,3 +730,91 @@ async def test_serve_runs_a_function_app_unchanged_over_http(
         if process.poll() is None:
             process.kill()
             process.communicate()
+
+
+FUNCTION_APP_CASES = [
+    # (folder, HTTP path that starts it (None: the management API's start route), input,
+    #  expected output)
+    (
+        "function_chaining",
+        "/api/orchestrators/hello_orchestrator",
+        ["Oslo", "Lima", "Cairo"],
+        ["Hello Oslo", "Hello Lima", "Hello Cairo"],
+    ),
+    (
+        "fan_out_fan_in",
+        "/api/orchestrators/fan_out_fan_in",
+        3,
+        {"items": 3, "outputs": [10, 20, 30], "total": 60, "sources": ["GetWorkBatch"]},
+    ),
+    ("eternal_counter", None, {"count": 0, "limit": 3}, None),  # checked below
+    ("blueprint_app", "/api/orchestrators/greet_all", ["ada", "bo"], None),  # checked below
+]
+
+
+@pytest.mark.parametrize(
+    ("folder", "start_path", "payload", "expected"),
+    FUNCTION_APP_CASES,
+    ids=[case[0] for case in FUNCTION_APP_CASES],
+)
+async def test_serve_runs_sample_function_apps_over_http(
+    azurite: Any,
+    task_hub: str,
+    serve_env: dict[str, str],
+    folder: str,
+    start_path: str | None,
+    payload: Any,
+    expected: Any,
+) -> None:
+    port = _free_port()
+    process = _spawn_serve(
+        "--connection", azurite.connection_string, "--task-hub", task_hub,
+        "serve", f"tests/function_apps/{folder}", "--port", str(port), "--key", SERVE_KEY,
+        env=serve_env,
+    )  # fmt: skip
+    code = f"code={SERVE_KEY}"
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=60) as http:
+            for _ in range(MAX_POLLS):
+                assert process.poll() is None, process.communicate()
+                try:
+                    await http.get(f"{BASE}/instances?{code}")
+                except httpx.TransportError:
+                    await asyncio.sleep(0.1)
+                    continue
+                break
+            if start_path is None:  # no starter function: the Durable Functions HTTP API
+                started = await http.post(f"{BASE}/orchestrators/{folder}?{code}", json=payload)
+            else:  # the app's own starter (function-level auth in blueprint_app)
+                started = await http.post(f"{start_path}?{code}", json=payload)
+            assert started.status_code == 202, started.text
+            status_url = started.json()["statusQueryGetUri"]
+            status_url += ("&" if "?" in status_url else "?") + code
+            for _ in range(MAX_POLLS):
+                status = await http.get(status_url)
+                if status.status_code != 202:
+                    break
+                await asyncio.sleep(0.1)
+            assert status.status_code == 200, status.text
+            output = status.json()["output"]
+            instance_id = status.json()["instanceId"]
+            if folder == "eternal_counter":
+                assert output == {"count": 3, "instance": instance_id}
+                assert status.json()["customStatus"] == {"count": 3}
+            elif folder == "blueprint_app":
+                assert output == {
+                    "joined": "HELLO ADA! / HELLO BO!",
+                    "parents": [instance_id, instance_id],
+                }
+                greeting = await http.get(f"/api/greetings/ada/loud?lang=fr&{code}")
+                assert greeting.json() == {"name": "ada", "style": "loud", "lang": "fr"}
+                assert (await http.get("/api/greetings/ada")).status_code == 401
+            else:
+                assert output == expected
+        process.send_signal(signal.SIGTERM)
+        _out, err = await asyncio.to_thread(process.communicate, timeout=60)
+        assert process.returncode == 0, err
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
