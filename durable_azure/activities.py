@@ -61,7 +61,12 @@ class ActivityRunner:
                 raise UnknownFunctionError(
                     f"no activity named {name!r} is registered with this worker"
                 )
-            value = serialization.loads(input_text)
+            try:
+                value = serialization.loads(input_text)
+            except serialization.PayloadError:
+                # Input scheduled by another client as plain text: passed on as the text,
+                # as azure-functions-durable's activity trigger does.
+                value = input_text
             if inspect.iscoroutinefunction(fn):
                 output = await fn(value)
             else:

@@ -109,7 +109,19 @@ class DurableApp:
             fn.__durable_name__ = name  # type: ignore[attr-defined]
 
     def get_orchestrator(self, name: str) -> Orchestrator | None:
-        return self.orchestrators.get(name)
+        """The orchestrator registered as ``name``; like Durable Functions, names match
+        case-insensitively when there is no exact match."""
+        return _lookup(self.orchestrators, name)
 
     def get_activity(self, name: str) -> Callable[..., Any] | None:
-        return self.activities.get(name)
+        """The activity registered as ``name`` (case-insensitive, as for orchestrators)."""
+        return _lookup(self.activities, name)
+
+
+def _lookup(table: dict[str, F], name: str) -> F | None:
+    found = table.get(name)
+    if found is not None:
+        return found
+    folded = name.casefold()
+    matches = [fn for key, fn in table.items() if key.casefold() == folded]
+    return matches[0] if len(matches) == 1 else None

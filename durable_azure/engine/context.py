@@ -119,6 +119,11 @@ class OrchestrationContext:
         return serialization.loads(self._input_text)
 
     @property
+    def raw_input(self) -> str | None:
+        """The input as stored: JSON text (``None`` if there was none)."""
+        return self._input_text
+
+    @property
     def will_continue_as_new(self) -> bool:
         """True once :meth:`continue_as_new` has been called in this execution."""
         return self._continue_as_new is not None

@@ -74,7 +74,7 @@ class FunctionsOrchestrationContext:
     @property
     def will_continue_as_new(self) -> bool:
         """True once ``continue_as_new`` has been called in this execution."""
-        return self._ctx._continue_as_new is not None
+        return self._ctx.will_continue_as_new
 
     @property
     def function_context(self) -> SimpleNamespace:
@@ -93,7 +93,7 @@ class FunctionsOrchestrationContext:
         """The input, decoded; ``expected_type`` (or the trigger's ``input_type``) decodes
         a custom-object payload as that class."""
         resolved = expected_type or self._input_type
-        text = self._ctx._input_text
+        text = self._ctx.raw_input
         if resolved is None or text is None or text == "":
             return self._ctx.get_input()
         return _loads_as(text, resolved)
@@ -142,9 +142,8 @@ class FunctionsOrchestrationContext:
         version: str | None = None,
         expected_type: type | None = None,
     ) -> Task:
-        _no_version(version)
         return self._ctx.call_sub_orchestrator(
-            self._name(name, "call_sub_orchestrator"), input_, instance_id
+            self._name(name, "call_sub_orchestrator"), input_, instance_id, version
         )
 
     def call_sub_orchestrator_with_retry(
@@ -156,12 +155,12 @@ class FunctionsOrchestrationContext:
         version: str | None = None,
         expected_type: type | None = None,
     ) -> Task:
-        _no_version(version)
         return self._ctx.call_sub_orchestrator_with_retry(
             self._name(name, "call_sub_orchestrator_with_retry"),
             retry_options,
             input_,
             instance_id,
+            version,
         )
 
     def create_timer(self, fire_at: datetime) -> Task:
@@ -177,13 +176,13 @@ class FunctionsOrchestrationContext:
         return self._ctx.task_any(activities)
 
     def call_http(self, method: str, uri: str, *args: Any, **kwargs: Any) -> Task:
-        raise NotImplementedError("context.call_http is not supported by durable-azure yet")
+        return self._ctx.call_http(method, uri, *args, **kwargs)
 
     def call_entity(self, *args: Any, **kwargs: Any) -> Task:
-        raise NotImplementedError("durable entities are not supported by durable-azure yet")
+        return self._ctx.call_entity(*args, **kwargs)
 
     def signal_entity(self, *args: Any, **kwargs: Any) -> None:
-        raise NotImplementedError("durable entities are not supported by durable-azure yet")
+        self._ctx.signal_entity(*args, **kwargs)
 
     # --- internal ------------------------------------------------------------------------
 
@@ -200,13 +199,6 @@ class FunctionsOrchestrationContext:
             f"The `{api}` API received a `Callable` without an associated Azure "
             "Functions trigger-type. Decorate it with the matching trigger or pass the "
             "function's name as a string."
-        )
-
-
-def _no_version(version: str | None) -> None:
-    if version is not None:
-        raise NotImplementedError(
-            "orchestration versions (version=...) are not supported by durable-azure yet"
         )
 
 

@@ -24,7 +24,6 @@ import json
 import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -38,6 +37,7 @@ from durable_azure.functions.loader import (
     FunctionAppError,
     FunctionInfo,
 )
+from durable_azure.http.payloads import client_binding
 
 if TYPE_CHECKING:
     from durable_azure.functions.adapter import FunctionAppAdapter
@@ -54,50 +54,6 @@ _ALLOWED_BINDINGS = {HTTP_TRIGGER, DURABLE_CLIENT}
 _ALL_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS")
 
 
-def client_binding(
-    *,
-    base_url: str,
-    rpc_base_url: str,
-    task_hub: str,
-    connection_name: str | None = None,
-) -> dict[str, Any]:
-    """The durable client binding the host passes to a ``durableClient`` parameter.
-
-    ``base_url`` is the public management API (``<origin>/runtime/webhooks/durabletask``),
-    ``rpc_base_url`` where the SDK's client sends its calls. No key is included.
-    """
-    base = base_url.rstrip("/")
-    rpc = rpc_base_url if rpc_base_url.endswith("/") else rpc_base_url + "/"
-    query = f"taskHub={quote(task_hub)}&connection={quote(connection_name or 'Storage')}"
-    instance = f"{base}/instances/INSTANCEID"
-    return {
-        "taskHubName": task_hub,
-        "connectionName": connection_name,
-        "creationUrls": {
-            "createNewInstancePostUri": f"{base}/orchestrators/{{functionName}}[/{{instanceId}}]",
-            "createAndWaitOnNewInstancePostUri": (
-                f"{base}/orchestrators/{{functionName}}[/{{instanceId}}]"
-                "?timeout={timeoutInSeconds}&pollingInterval={intervalInSeconds}"
-            ),
-        },
-        "managementUrls": {
-            "id": "INSTANCEID",
-            "statusQueryGetUri": f"{instance}?{query}",
-            "sendEventPostUri": f"{instance}/raiseEvent/{{eventName}}?{query}",
-            "terminatePostUri": f"{instance}/terminate?reason={{text}}&{query}",
-            "rewindPostUri": f"{instance}/rewind?reason={{text}}&{query}",
-            "purgeHistoryDeleteUri": f"{instance}?{query}",
-            "restartPostUri": f"{instance}/restart?{query}",
-            "suspendPostUri": f"{instance}/suspend?reason={{text}}&{query}",
-            "resumePostUri": f"{instance}/resume?reason={{text}}&{query}",
-        },
-        "baseUrl": base,
-        "requiredQueryStringParameters": "",
-        "rpcBaseUrl": rpc,
-        "httpBaseUrl": None,
-    }
-
-
 def default_binding_factory(rpc_base_url: str) -> BindingFactory:
     """Bindings whose management URLs point at the request's own origin."""
 
@@ -107,7 +63,7 @@ def default_binding_factory(rpc_base_url: str) -> BindingFactory:
                 base_url=origin + WEBHOOK_PATH,
                 rpc_base_url=rpc_base_url,
                 task_hub=binding.task_hub or task_hub,
-                connection_name=binding.connection_name,
+                connection=binding.connection_name,
             )
         )
 

@@ -259,10 +259,13 @@ def client_binding(
     """The ``durableClient`` binding JSON (reference §2.4) that
     ``azure.durable_functions.DurableOrchestrationClient`` is constructed from.
 
-    ``rpc_base_url`` must end with ``/`` (e.g. ``http://127.0.0.1:7071/durabletask/``):
-    the SDK appends ``instances/...`` to it.
+    ``rpc_base_url`` is where the SDK sends its calls (e.g.
+    ``http://127.0.0.1:7071/durabletask/``); a missing final ``/`` is added, since the SDK
+    appends ``instances/...`` to it.
     """
     base_url = base_url.rstrip("/")
+    if not rpc_base_url.endswith("/"):
+        rpc_base_url += "/"
     code_query = f"code={quote(code, safe='')}" if code else ""
     creation_suffix = f"?{code_query}" if code_query else ""
     wait_suffix = "?timeout={timeoutInSeconds}&pollingInterval={intervalInSeconds}" + (

@@ -28,7 +28,8 @@ from durable_azure.functions import (
     encode_activity_output,
     load_function_app,
 )
-from durable_azure.functions.http_triggers import client_binding, route_paths
+from durable_azure.functions.http_triggers import route_paths
+from durable_azure.http.payloads import client_binding
 
 APPS = Path(__file__).resolve().parents[1] / "function_apps"
 
@@ -170,8 +171,8 @@ def test_call_activity_accepts_decorated_functions() -> None:
     assert ctx.call_activity_with_retry("Shout", retry, "x", expected_type=str) is not None
     with pytest.raises(ValueError, match="without an associated Azure Functions trigger"):
         ctx.call_activity(len, 1)
-    with pytest.raises(NotImplementedError, match="version"):
-        ctx.call_sub_orchestrator("GreetingOrchestration", "x", version="2")
+    versioned = ctx.call_sub_orchestrator("GreetingOrchestration", "x", version="2")
+    assert ctx._ctx._actions[versioned.id].version == "2"  # type: ignore[union-attr]
     with pytest.raises(NotImplementedError, match="entities"):
         ctx.call_entity(df.EntityId("Counter", "k"), "get")
     with pytest.raises(NotImplementedError, match="call_http"):

@@ -162,3 +162,38 @@ async def test_history_cache_always_equals_what_storage_holds() -> None:
             assert status.runtime_status.name == "Completed", status
     finally:
         await worker.stop()
+
+
+def test_function_names_match_case_insensitively_like_durable_functions() -> None:
+    app = DurableApp(task_hub=HUB)
+
+    @app.activity(name="SayHello")
+    def say_hello(x: str) -> str:
+        return x
+
+    @app.orchestrator
+    def Greeter(ctx: Any) -> Any:
+        return None
+
+    assert app.get_activity("SayHello") is say_hello
+    assert app.get_activity("sayhello") is say_hello
+    assert app.get_orchestrator("greeter") is Greeter
+    assert app.get_activity("nope") is None
+
+
+async def test_activity_input_that_is_not_json_is_passed_as_text() -> None:
+    from durable_azure.activities import ActivityRunner
+
+    app = DurableApp(task_hub=HUB)
+
+    @app.activity
+    def echo(x: Any) -> Any:
+        return {"got": x}
+
+    account = MemoryStorageAccount()
+    runner = ActivityRunner(
+        AzureStorageProvider(account, app.settings().names), app.get_activity, None
+    )
+    done = await runner.execute("echo", "plain text, not JSON", 0)
+    assert type(done).__name__ == "TaskCompleted"
+    assert done.result == '{"got":"plain text, not JSON"}'  # type: ignore[attr-defined]
