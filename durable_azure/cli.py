@@ -12,6 +12,7 @@ Commands:
     list [--status S] [--created-after T] [--created-before T] [--prefix P] [--name N]
          [--top N] [--json]
     purge ID  |  purge --created-before T [--created-after T] [--status S] [--prefix P]
+    poison list [--json]  |  poison requeue NAME...  |  poison drop NAME...
     azurite                  install the emulator if needed and run it in the foreground
     serve MODULE:APP [--host H] [--port P] [--key KEY] [--no-worker]
                              serve the Durable Functions HTTP API (and run a worker)
@@ -31,7 +32,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from durable_azure.errors import ConfigurationError, DurableAzureError
+from durable_azure.errors import ConfigurationError, DurableAzureError, NotFoundError
 
 logger = logging.getLogger(__name__)
 
@@ -249,6 +250,36 @@ async def _cmd_purge(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+async def _cmd_poison(args: argparse.Namespace) -> int:
+    from durable_azure.client import DurableClient
+
+    async with DurableClient.from_settings(_settings(args)) as client:
+        if args.action == "list":
+            records = await client.list_poison()
+            if args.json:
+                print(json.dumps([vars(r) for r in records]))
+                return EXIT_OK
+            for r in records:
+                print(
+                    f"{r.name}  instance={r.instance_id or '-'}  "
+                    f"deliveries={r.dequeue_count}  {r.reason}"
+                )
+            print(f"{len(records)} poison message(s)")
+            return EXIT_OK
+        if not args.names:
+            raise ConfigurationError(f"poison {args.action} needs one or more NAMEs (see list)")
+        for name in args.names:
+            try:
+                if args.action == "requeue":
+                    print(f"{name}: {await client.requeue_poison(name)}")
+                else:
+                    await client.drop_poison(name)
+                    print(f"{name}: dropped")
+            except NotFoundError:
+                raise DurableAzureError(f"no poison message named {name!r}") from None
+    return EXIT_OK
+
+
 async def _cmd_status(args: argparse.Namespace) -> int:
     from durable_azure.client import DurableClient
 
@@ -373,6 +404,13 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--prefix", help="instance id prefix")
         p.add_argument("--continuation", help="resume from a token printed earlier")
 
+    poison = sub.add_parser(
+        "poison", help="messages set aside after failing too often: list, requeue, drop"
+    )
+    poison.add_argument("action", choices=("list", "requeue", "drop"))
+    poison.add_argument("names", nargs="*", metavar="NAME", help="records (as listed)")
+    poison.add_argument("--json", action="store_true", help="list as JSON")
+
     listing = sub.add_parser("list", help="list instances (a table; --json for scripts)")
     add_filters(listing)
     listing.add_argument("--name", help="orchestration name")
@@ -442,6 +480,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "status": _cmd_status,
             "list": _cmd_list,
             "purge": _cmd_purge,
+            "poison": _cmd_poison,
             "serve": _cmd_serve,
             **dict.fromkeys(
                 ("raise", "terminate", "suspend", "resume", "rewind", "restart"), _cmd_control

@@ -55,3 +55,50 @@ async def test_garbage_messages_are_set_aside_and_work_goes_on(
         azurite.connection_string, f"{task_hub.lower()}-poison"
     )
     assert sorted(b.name for b in container.list_blobs()) == sorted(r.name for r in records)
+
+
+def test_poison_cli_lists_requeues_and_drops(azurite: Any, task_hub: str) -> None:
+    import json
+    import subprocess
+    import sys
+
+    from durable_azure.storage.poison import PoisonStore
+    from durable_azure.storage.primitives import QueueMessage
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "durable_azure.cli", "--connection",
+             azurite.connection_string, "--task-hub", task_hub, "poison", *args],
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+
+    async def prepare() -> tuple[str, str]:
+        async with DurableClient.from_app(
+            app, connection_string=azurite.connection_string, task_hub=task_hub
+        ) as client:
+            await client.provider.create_if_not_exists()
+            store: PoisonStore = client.provider.poison
+            from datetime import datetime, timezone
+
+            now = datetime.now(timezone.utc)
+            queue = client.provider.control_queues[0].name
+            records = []
+            for i in range(2):
+                raw = QueueMessage(f"m{i}", "r", f"body {i}", 11, now, None)
+                records.append(await store.set_aside(queue, raw, reason="test", instance_id=None))
+            return records[0].name, records[1].name
+
+    first, second = asyncio.run(prepare())
+    listed = cli("list", "--json")
+    assert listed.returncode == 0, listed.stderr
+    assert sorted(r["name"] for r in json.loads(listed.stdout)) == sorted([first, second])
+    requeued = cli("requeue", first)
+    assert requeued.returncode == 0, requeued.stderr
+    assert "sent the message back" in requeued.stdout
+    dropped = cli("drop", second)
+    assert dropped.returncode == 0, dropped.stderr
+    assert "1 poison" not in cli("list").stdout
+    assert "0 poison message(s)" in cli("list").stdout
+    missing = cli("drop", "no/such.json")
+    assert missing.returncode == 1
+    assert "no poison message named 'no/such.json'" in missing.stderr
