@@ -124,6 +124,15 @@ def _mentions(failure: FailureDetails, text: str) -> bool:
 
 
 @dataclass(frozen=True)
+class CheckStatusResponse:
+    """A framework-neutral HTTP response: status code, headers and a JSON body."""
+
+    status_code: int
+    headers: dict[str, str]
+    body: dict[str, str]
+
+
+@dataclass(frozen=True)
 class PurgeHistoryResult:
     """What ``purge_instance_history`` deleted (``azure-functions-durable``'s shape)."""
 
@@ -451,6 +460,42 @@ class DurableClient:
             progress=progress,
             time_limit=time_limit,
             continuation=continuation,
+        )
+
+    def create_http_management_payload(
+        self,
+        instance_id: str,
+        base_url: str,
+        *,
+        key: str | None = None,
+        connection: str = "Storage",
+    ) -> dict[str, str]:
+        """The management URLs of an instance (``statusQueryGetUri``, ``sendEventPostUri``,
+        ``terminatePostUri``, ...), for your own HTTP layer in front of the API served by
+        :func:`durable_azure.http.create_management_app` at ``base_url`` (e.g.
+        ``https://host/runtime/webhooks/durabletask``). ``key`` adds ``code=``."""
+        from durable_azure.http.payloads import management_payload
+
+        return management_payload(
+            base_url.rstrip("/"),
+            instance_id,
+            task_hub=self.provider.names.hub,
+            connection=connection,
+            code=key,
+        )
+
+    def create_check_status_response(
+        self, instance_id: str, base_url: str, *, key: str | None = None
+    ) -> CheckStatusResponse:
+        """What an HTTP starter answers (as ``azure-functions-durable``'s method of that
+        name): 202, ``Location`` = the status URL, ``Retry-After: 10``, and the management
+        URLs as the JSON body - framework-neutral, to turn into your framework's response.
+        """
+        payload = self.create_http_management_payload(instance_id, base_url, key=key)
+        return CheckStatusResponse(
+            status_code=202,
+            headers={"Location": payload["statusQueryGetUri"], "Retry-After": "10"},
+            body={"id": instance_id, **payload},
         )
 
     async def list_poison(self) -> list[PoisonRecord]:

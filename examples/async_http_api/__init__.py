@@ -1,0 +1,1 @@
+"""Pattern 3, async HTTP APIs: start over HTTP, get 202 + Location, poll until done."""
