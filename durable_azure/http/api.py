@@ -55,6 +55,8 @@ __all__ = ["DEFAULT_BASE_PATH", "RPC_BASE_PATH", "create_management_app"]
 logger = logging.getLogger(__name__)
 
 DEFAULT_BASE_PATH = "/runtime/webhooks/durabletask"
+#: The Functions v1 base, which the Durable Functions overview's curl session uses.
+LEGACY_BASE_PATH = "/admin/extensions/DurableTaskExtension"
 RPC_BASE_PATH = "/durabletask"
 DEFAULT_MAX_BODY_BYTES = 1024 * 1024
 DEFAULT_PAGE_SIZE = 100
@@ -220,12 +222,27 @@ class _ManagementApi:
 
     # --- plumbing ------------------------------------------------------------------------
 
-    def routes(self, *, rpc: bool) -> list[BaseRoute]:
-        def bind(handler: Callable[[Request, bool], Awaitable[Response]]) -> Handler:
-            async def endpoint(request: Request) -> Response:
-                return await self._guarded(request, handler, rpc)
+    def route(
+        self, path: str, handler: Callable[[Request, bool], Awaitable[Response]], *, rpc: bool
+    ) -> Route:
+        async def endpoint(request: Request) -> Response:
+            return await self._guarded(request, handler, rpc)
 
-            return endpoint
+        return Route(path, endpoint, methods=_ALL_METHODS)
+
+    def overview_aliases(self) -> tuple[list[BaseRoute], list[BaseRoute]]:
+        """Paths the Durable Functions overview's curl session uses: a start at
+        ``/orchestrators/{name}`` (the classic HTTP-starter sample's route) and status at
+        the Functions v1 base ``/admin/extensions/DurableTaskExtension/{id}``.
+        Returns (routes at the root, routes for the v1 mount)."""
+        root: list[BaseRoute] = [
+            self.route("/orchestrators/{function_name}", self.start, rpc=False),
+            self.route("/orchestrators/{function_name}/{instance_id}", self.start, rpc=False),
+        ]
+        legacy = [*self.routes(rpc=False), self.route("/{instance_id}", self.instance, rpc=False)]
+        return root, legacy
+
+    def routes(self, *, rpc: bool) -> list[BaseRoute]:
 
         paths: list[tuple[str, Callable[[Request, bool], Awaitable[Response]]]] = [
             ("/orchestrators/{function_name}", self.start),
@@ -240,7 +257,7 @@ class _ManagementApi:
         ]
         # Every method reaches the handler, which answers 404 for the wrong one (the
         # host does; Starlette would say 405).
-        return [Route(path, bind(handler), methods=_ALL_METHODS) for path, handler in paths]
+        return [self.route(path, handler, rpc=rpc) for path, handler in paths]
 
     async def _guarded(
         self,
@@ -570,10 +587,13 @@ def create_management_app(
         connection_name=connection_name,
         rpc_requires_key=rpc_requires_key,
     )
+    root_aliases, legacy = api.overview_aliases()
     routes: list[BaseRoute] = [
         Mount(base_path, routes=api.routes(rpc=False)),
         Mount(RPC_BASE_PATH, routes=api.routes(rpc=True)),
+        Mount(LEGACY_BASE_PATH, routes=legacy),
         *extra_routes,
+        *root_aliases,  # after the app's own routes, which win on a clash
     ]
     return Starlette(
         routes=routes,

@@ -576,6 +576,27 @@ async def test_durable_functions_client_drives_the_rpc_base(api: Api) -> None:
             runtime_status=[OrchestrationRuntimeStatus.Terminated],
         )
         assert by_filter.instances_deleted == 1
+
+        # The helpers an HTTP starter returns, from a real azure.functions request.
+        import azure.functions as func
+
+        request = func.HttpRequest("POST", f"{api.origin}/api/start", body=b"")
+        finished = await client.start_new("chain5", None, 2)
+        answer = await client.wait_for_completion_or_create_check_status_response(
+            request, finished, timeout_in_milliseconds=30000, retry_interval_in_milliseconds=100
+        )
+        assert answer.status_code == 200
+        assert json.loads(answer.get_body()) == expected_chain(2)
+        pending = await client.start_new("http_wait_for_event")
+        timed_out = await client.wait_for_completion_or_create_check_status_response(
+            request, pending, timeout_in_milliseconds=300, retry_interval_in_milliseconds=100
+        )
+        assert timed_out.status_code == 202
+        body = json.loads(timed_out.get_body())
+        assert body["id"] == pending
+        status_url = body["statusQueryGetUri"]
+        assert status_url.startswith(f"{api.origin}{BASE}/instances/{pending}")
+        assert (await api.http.get(status_url)).status_code == 202  # the URL works as is
     finally:
         await http_utils._close_session()
 
@@ -818,3 +839,54 @@ async def test_serve_runs_sample_function_apps_over_http(
         if process.poll() is None:
             process.kill()
             process.communicate()
+
+
+async def test_the_overviews_curl_session_works_as_written(api: Api) -> None:
+    """Pattern 3 of the Durable Functions overview, with its own paths (host aside): a
+    start at /orchestrators/{name} with an empty body, then status at the Functions v1
+    URL /admin/extensions/DurableTaskExtension/{id}: 202 + Location while running,
+    200 once completed."""
+    import shutil
+
+    curl = shutil.which("curl")
+
+    async def request(*args: str) -> tuple[int, dict[str, str], str]:
+        if curl is None:  # same requests through httpx
+            method = "POST" if "-X" in args else "GET"
+            response = await api.http.request(
+                method, args[-1], headers={"Content-Length": "0"} if method == "POST" else {}
+            )
+            return response.status_code, dict(response.headers), response.text
+        done = await asyncio.to_thread(
+            subprocess.run, [curl, "-s", "-i", *args], capture_output=True, text=True
+        )
+        head, _, body = done.stdout.replace("\r\n", "\n").partition("\n\n")
+        lines = head.splitlines()
+        headers = {
+            k.strip().lower(): v.strip() for k, _, v in (h.partition(":") for h in lines[1:])
+        }
+        return int(lines[0].split()[1]), headers, body
+
+    status, headers, body = await request(
+        "-X", "POST", "-H", "Content-Length: 0", f"{api.origin}/orchestrators/http_wait_for_event"
+    )
+    assert status == 202, body
+    instance_id = json.loads(body)["id"]
+    location = headers["location"]
+    legacy = f"{api.origin}/admin/extensions/DurableTaskExtension/{instance_id}"
+    for _ in range(MAX_POLLS):
+        status, headers, body = await request(legacy)
+        if json.loads(body)["runtimeStatus"] == "Running":
+            break
+        await asyncio.sleep(0.1)
+    assert status == 202
+    assert headers["location"] == legacy
+    assert json.loads(body)["lastUpdatedTime"].endswith("Z")
+    await api.hub.client.raise_event(instance_id, "go", "done")
+    await api.hub.client.wait_for_completion(instance_id, timeout=60)
+    status, headers, body = await request(legacy)
+    assert status == 200
+    assert json.loads(body)["runtimeStatus"] == "Completed"
+    status, _, body = await request(location)  # the start answer's Location works too
+    assert status == 200
+    assert json.loads(body)["output"] == {"got": "done"}
