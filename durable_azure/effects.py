@@ -18,6 +18,7 @@ from durable_azure.engine.history import (
     HistoryEvent,
     OrchestrationStatus,
     OrchestratorCompleted,
+    OrchestratorStarted,
     ParentInstance,
     SubOrchestrationInstanceCompleted,
     SubOrchestrationInstanceCreated,
@@ -86,6 +87,12 @@ def notify_parent(
             sender_execution_id=execution_id,
         )
     )
+
+
+def next_episode(events: list[HistoryEvent]) -> int:
+    """The number of the episode that follows ``events`` (1 for an empty history); sent
+    as ``Episode`` on the messages it produces."""
+    return sum(isinstance(e, OrchestratorStarted) for e in events) + 1
 
 
 def failed(events: list[HistoryEvent]) -> bool:

@@ -252,7 +252,7 @@ class EpisodeRunner:
             failure, [OrchestratorStarted(timestamp=now)], history.events, now
         )
         execution_id = history.execution_id or started.execution_id
-        episode = sum(isinstance(e, OrchestratorStarted) for e in history.events) + 1
+        episode = effects.next_episode(history.events)
         await self._commit(
             instance_id,
             Checkpoint(
@@ -372,7 +372,7 @@ class EpisodeRunner:
             await _gather(m.queue.delete(m.raw) for m in triage.accepted + triage.discard)
             return
         execution_id = history.execution_id or started.execution_id
-        episode = sum(isinstance(e, OrchestratorStarted) for e in history.events) + 1
+        episode = effects.next_episode(history.events)
         outbound = self._outbound(instance_id, started, execution_id, episode, result, now)
         previous_length = triage.previous_length
         history_start = len(history.events)
@@ -517,7 +517,7 @@ class EpisodeRunner:
         new_events: list[HistoryEvent] = [OrchestratorStarted(timestamp=now)]
         new_events += [m.message.event for m in triage.accepted]  # the rewind, then others
         result = self._run(started, instance_id, kept, new_events, now)
-        episode = sum(isinstance(e, OrchestratorStarted) for e in kept) + 1
+        episode = effects.next_episode(kept)
         execution_id = history.execution_id or started.execution_id
         update = effects.instance_update(result, None, now)
         if not result.is_complete:

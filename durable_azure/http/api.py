@@ -75,8 +75,6 @@ _STATUS_NAMES = {s.name.lower(): s for s in OrchestrationStatus}
 
 _ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"]
 
-Handler = Callable[[Request], Awaitable[Response]]
-
 
 class _HttpError(Exception):
     def __init__(self, status: int, message: str, detail: str | None = None) -> None:
