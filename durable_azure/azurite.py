@@ -38,6 +38,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -247,8 +248,18 @@ class AzuriteEndpoint:
         return connection_string(self.host, self.ports)
 
 
-def _http_answers(host: str, port: int, timeout: float) -> bool:
-    conn = http.client.HTTPConnection(_client_host(host), port, timeout=timeout)
+def _http_answers(host: str, port: int, timeout: float, tls: bool = False) -> bool:
+    conn: http.client.HTTPConnection
+    if tls:
+        # Only "does it answer?": the certificate is the caller's business.
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        conn = http.client.HTTPSConnection(
+            _client_host(host), port, timeout=timeout, context=context
+        )
+    else:
+        conn = http.client.HTTPConnection(_client_host(host), port, timeout=timeout)
     try:
         conn.request("GET", f"/{ACCOUNT_NAME}?comp=list")
         response = conn.getresponse()
@@ -261,7 +272,11 @@ def _http_answers(host: str, port: int, timeout: float) -> bool:
 
 
 def is_answering(
-    host: str = DEFAULT_HOST, ports: Sequence[int] | None = None, timeout: float = 1.0
+    host: str = DEFAULT_HOST,
+    ports: Sequence[int] | None = None,
+    timeout: float = 1.0,
+    *,
+    tls: bool = False,
 ) -> bool:
     """True if all three ports accept a connection and answer an HTTP request.
 
@@ -269,7 +284,7 @@ def is_answering(
     Azurite); a refused connection, a timeout or a non-HTTP reply does not.
     """
     ports = AzuritePorts(*ports) if ports is not None else AzuritePorts()
-    return all(_http_answers(host, port, timeout) for port in ports)
+    return all(_http_answers(host, port, timeout, tls) for port in ports)
 
 
 def _port_is_free(host: str, port: int) -> bool:
@@ -506,6 +521,11 @@ class AzuriteProcess:
         return connection_string(self.host, self.ports)
 
     @property
+    def uses_https(self) -> bool:
+        """True when ``extra_args`` give Azurite a certificate (``--cert``): it serves HTTPS."""
+        return "--cert" in self.extra_args
+
+    @property
     def pid(self) -> int | None:
         """The process id while running, else None."""
         return self._proc.pid if self._proc is not None else None
@@ -610,7 +630,10 @@ class AzuriteProcess:
                     if "EADDRINUSE" in log and f":{port}" in log:
                         raise AzuritePortInUseError(self.host, port, message)
                 raise AzuriteError(message)
-            if is_answering(self.host, self.ports, timeout=0.5) and self._proc.poll() is None:
+            if (
+                is_answering(self.host, self.ports, timeout=0.5, tls=self.uses_https)
+                and self._proc.poll() is None
+            ):
                 return
             if time.monotonic() > deadline:
                 log = _read_log(log_path, log_offset)

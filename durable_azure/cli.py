@@ -13,6 +13,8 @@ Commands:
          [--top N] [--json]
     purge ID  |  purge --created-before T [--created-after T] [--status S] [--prefix P]
     poison list [--json]  |  poison requeue NAME...  |  poison drop NAME...
+    hub create | info [--json] | delete --yes
+    doctor [--fix] [--stale-after S] [--json]
     azurite                  install the emulator if needed and run it in the foreground
     serve MODULE:APP [--host H] [--port P] [--key KEY] [--no-worker]
                              serve the Durable Functions HTTP API (and run a worker)
@@ -280,6 +282,46 @@ async def _cmd_poison(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+async def _cmd_hub(args: argparse.Namespace) -> int:
+    from durable_azure import hub
+    from durable_azure.client import DurableClient
+
+    async with DurableClient.from_settings(_settings(args)) as client:
+        provider = client.provider
+        if args.action == "info":
+            info = await hub.hub_info(provider)
+            print(json.dumps(info.to_json(), indent=2) if args.json else info.format())
+        elif args.action == "create":
+            for name in await hub.create_hub(provider):
+                print(f"ok  {name}")
+        else:
+            if not args.yes:
+                raise ConfigurationError(
+                    f"'hub delete' removes every queue, table and blob of task hub "
+                    f"{provider.names.hub!r}, history included; add --yes to do it"
+                )
+            deleted = await hub.delete_hub(provider)
+            for name in deleted:
+                print(f"deleted  {name}")
+            print(f"{len(deleted)} resource(s) of {provider.names.hub!r} deleted")
+    return EXIT_OK
+
+
+async def _cmd_doctor(args: argparse.Namespace) -> int:
+    from durable_azure import doctor
+    from durable_azure.client import DurableClient
+
+    async with DurableClient.from_settings(_settings(args)) as client:
+        report = await doctor.diagnose(
+            client.provider, stale_after=timedelta(seconds=args.stale_after)
+        )
+        print(json.dumps(report.to_json(), indent=2) if args.json else report.format())
+        if args.fix and report.fixable:
+            for line in await doctor.fix(client.provider, report):
+                print(f"fix: {line}")
+    return EXIT_OK if report.clean or args.fix else EXIT_FAILED
+
+
 async def _cmd_status(args: argparse.Namespace) -> int:
     from durable_azure.client import DurableClient
 
@@ -404,6 +446,22 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--prefix", help="instance id prefix")
         p.add_argument("--continuation", help="resume from a token printed earlier")
 
+    hub_cmd = sub.add_parser("hub", help="task hub: create, info (partitions, queues), delete")
+    hub_cmd.add_argument("action", choices=("create", "info", "delete"))
+    hub_cmd.add_argument("--json", action="store_true", help="info as JSON")
+    hub_cmd.add_argument("--yes", action="store_true", help="confirm 'delete'")
+
+    doctor_cmd = sub.add_parser(
+        "doctor",
+        help="find instances whose status disagrees with their history, old "
+        "messages, orphaned blobs, unowned partitions; --fix repairs what is safe",
+    )
+    doctor_cmd.add_argument("--fix", action="store_true", help="repair what is safe")
+    doctor_cmd.add_argument(
+        "--stale-after", type=float, default=600, metavar="S", help="age counted as stuck (600)"
+    )
+    doctor_cmd.add_argument("--json", action="store_true", help="print JSON")
+
     poison = sub.add_parser(
         "poison", help="messages set aside after failing too often: list, requeue, drop"
     )
@@ -481,6 +539,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "list": _cmd_list,
             "purge": _cmd_purge,
             "poison": _cmd_poison,
+            "hub": _cmd_hub,
+            "doctor": _cmd_doctor,
             "serve": _cmd_serve,
             **dict.fromkeys(
                 ("raise", "terminate", "suspend", "resume", "rewind", "restart"), _cmd_control

@@ -672,12 +672,17 @@ class AzureStorageAccount:
         blob_url: str | None = None,
         queue_url: str | None = None,
         table_url: str | None = None,
+        connection_verify: bool | str = True,
     ) -> AzureStorageAccount:
         """From an azure-identity (token) credential and the account name or endpoint URLs.
 
         Endpoints not given are derived from ``account_name`` as
-        ``https://<account>.<service>.core.windows.net``.
+        ``https://<account>.<service>.core.windows.net``. ``connection_verify``: False, or
+        the path of a CA bundle (PEM) to trust instead of the system's (default True).
         """
+        tls: dict[str, Any] = (
+            {} if connection_verify is True else {"connection_verify": connection_verify}
+        )
 
         def endpoint(url: str | None, service: str) -> str:
             if url:
@@ -690,11 +695,13 @@ class AzureStorageAccount:
 
         return cls(
             queue_service=QueueServiceClient(
-                endpoint(queue_url, "queue"), credential=credential, **STORAGE_RETRY
+                endpoint(queue_url, "queue"), credential=credential, **STORAGE_RETRY, **tls
             ),
-            table_service=TableServiceClient(endpoint(table_url, "table"), credential=credential),
+            table_service=TableServiceClient(
+                endpoint(table_url, "table"), credential=credential, **tls
+            ),
             blob_service=BlobServiceClient(
-                endpoint(blob_url, "blob"), credential=credential, **STORAGE_RETRY
+                endpoint(blob_url, "blob"), credential=credential, **STORAGE_RETRY, **tls
             ),
         )
 

@@ -215,3 +215,29 @@ def test_start_at_needs_a_valid_time(azurite: Any, task_hub: str) -> None:
     done = cli(azurite.connection_string, task_hub, "start", "chain5", "--at", "tomorrow")
     assert done.returncode == 2
     assert "--at is not an ISO-8601 time" in done.stderr
+
+
+async def test_hub_and_doctor_commands(hub: Hub) -> None:
+    instance_id = await hub.client.start_new("chain5", "doc-1", 1)
+    await hub.client.wait_for_completion(instance_id, timeout=60)
+    info = await run_cli(hub, "hub", "info", "--json")
+    assert info.returncode == 0, info.stderr
+    data = json.loads(info.stdout)
+    assert data["instance_counts"]["Completed"] == 1
+    assert "hub info" not in info.stderr
+
+    # A crash between the history write and the Instances write: the row says Running.
+    await hub.worker.provider.instances.merge(instance_id, {"RuntimeStatus": "Running"})
+    found = await run_cli(hub, "doctor", "--stale-after", "0")
+    assert found.returncode == 1  # findings, not fixed
+    assert instance_id in found.stdout
+    fixed = await run_cli(hub, "doctor", "--stale-after", "0", "--fix")
+    assert fixed.returncode == 0, fixed.stderr
+    assert "fix:" in fixed.stdout
+    status = await hub.client.get_status(instance_id)
+    assert status.runtime_status.name == "Completed"
+    assert status.output == expected_chain(1)
+
+    refused = await run_cli(hub, "hub", "delete")
+    assert refused.returncode == 2
+    assert "--yes" in refused.stderr
