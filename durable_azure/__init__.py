@@ -8,6 +8,7 @@ from durable_azure.client import DurableClient, DurableOrchestrationStatus, Wait
 from durable_azure.engine.context import OrchestrationContext
 from durable_azure.engine.history import OrchestrationStatus
 from durable_azure.engine.retry import RetryOptions
+from durable_azure.engine.serialization import PayloadError
 from durable_azure.engine.tasks import Task
 from durable_azure.errors import (
     ConfigurationError,
@@ -39,6 +40,7 @@ __all__ = [
     "NonDeterministicOrchestrationError",
     "OrchestrationContext",
     "OrchestrationStatus",
+    "PayloadError",
     "RetryOptions",
     "StorageError",
     "StorageSettings",

@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 from durable_azure.engine.replay import Orchestrator
 from durable_azure.errors import ConfigurationError
 from durable_azure.settings import StorageSettings
+from durable_azure.storage.names import validate_partition_count, validate_task_hub_name
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -50,6 +51,11 @@ class DurableApp:
         account_url: str | None = None,
         credential: Any = None,
     ) -> None:
+        # Explicit values are checked now, not when a worker or client is built from them.
+        if task_hub is not None:
+            validate_task_hub_name(task_hub)
+        if partition_count is not None:
+            validate_partition_count(partition_count)
         self._settings_args: dict[str, Any] = {
             "task_hub": task_hub,
             "connection_string": connection_string,

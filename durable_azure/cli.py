@@ -86,6 +86,18 @@ async def _cmd_worker(args: argparse.Namespace) -> int:
     }
     if args.visibility_timeout is not None:
         tuning["visibility_timeout"] = timedelta(seconds=args.visibility_timeout)
+    if args.lease_seconds is not None:
+        from durable_azure.storage.partitions import LeaseOptions
+
+        try:
+            tuning["leases"] = LeaseOptions(
+                lease_interval=args.lease_seconds,
+                claim_duration=args.lease_seconds,
+                renew_interval=args.lease_seconds / 3,
+                acquire_interval=args.lease_seconds / 3,
+            )
+        except ValueError as exc:
+            raise ConfigurationError(f"invalid --lease-seconds: {exc}") from None
     try:
         options = WorkerOptions(**{k: v for k, v in tuning.items() if v is not None})
     except ValueError as exc:
@@ -409,6 +421,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     worker.add_argument(
         "--shutdown-grace", type=float, metavar="S", help="time to finish work on stop (30)"
+    )
+    worker.add_argument(
+        "--lease-seconds",
+        type=float,
+        metavar="S",
+        help="partition lease length (30); a dead worker's partitions move after it",
     )
 
     start = sub.add_parser("start", help="start an orchestration")

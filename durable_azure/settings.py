@@ -48,6 +48,8 @@ class StorageSettings:
     def __post_init__(self) -> None:
         validate_task_hub_name(self.task_hub)
         validate_partition_count(self.partition_count)
+        if self.connection_string is not None and not self.connection_string.strip():
+            raise ConfigurationError("the storage connection string must not be empty")
         if self.account_url and self.credential is None:
             raise ConfigurationError("account_url needs a credential (e.g. DefaultAzureCredential)")
 
@@ -70,12 +72,13 @@ class StorageSettings:
                 raise ConfigurationError(
                     f"{ENV_PARTITION_COUNT} must be an integer, got {raw!r}"
                 ) from None
-        if account_url is None:
-            connection_string = (
-                connection_string or os.environ.get(ENV_CONNECTION_STRING) or DEVELOPMENT_STORAGE
-            )
+        if account_url is None and connection_string is None:
+            # None means "not given"; an explicit "" is kept, and refused below.
+            connection_string = os.environ.get(ENV_CONNECTION_STRING) or DEVELOPMENT_STORAGE
+        if task_hub is None:
+            task_hub = os.environ.get(ENV_TASK_HUB) or DEFAULT_TASK_HUB
         return cls(
-            task_hub=task_hub or os.environ.get(ENV_TASK_HUB) or DEFAULT_TASK_HUB,
+            task_hub=task_hub,
             partition_count=partition_count,
             connection_string=connection_string,
             account_url=account_url,

@@ -21,7 +21,7 @@ import random
 import signal
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
@@ -30,6 +30,12 @@ from durable_azure.app import DurableApp
 from durable_azure.errors import StorageError
 from durable_azure.runner import EpisodeRunner
 from durable_azure.storage.names import MAX_MESSAGES_PER_RECEIVE
+from durable_azure.storage.partitions import (
+    LeaseOptions,
+    PartitionChanges,
+    PartitionManager,
+    new_worker_id,
+)
 from durable_azure.storage.poison import DEFAULT_MAX_DEQUEUE_COUNT
 from durable_azure.storage.primitives import StorageAccount
 from durable_azure.storage.provider import AzureStorageProvider
@@ -57,6 +63,10 @@ class WorkerOptions:
         history_cache_size: histories kept in memory between episodes (0 disables).
         max_dequeue_count: deliveries after which a message that keeps failing is set
             aside in the task hub's poison container (its instance fails, naming it).
+        partition_leases: share the control queues with other workers through the
+            ``{hub}Partitions`` lease table (on by default; off only for tests or a
+            worker that is certainly alone).
+        leases: lease timings (DTFx defaults: 30 s lease, 10 s renew and acquire).
     """
 
     max_concurrent_orchestrations: int = 100
@@ -67,6 +77,8 @@ class WorkerOptions:
     shutdown_grace: float = 30.0
     history_cache_size: int = 1000
     max_dequeue_count: int = DEFAULT_MAX_DEQUEUE_COUNT
+    partition_leases: bool = True
+    leases: LeaseOptions = field(default_factory=LeaseOptions)
 
     def __post_init__(self) -> None:
         if self.max_concurrent_orchestrations < 1 or self.max_concurrent_activities < 1:
@@ -153,13 +165,38 @@ class Worker:
         self._inflight: set[asyncio.Task[None]] = set()
         self._held: dict[asyncio.Task[None], list[ReceivedMessage]] = {}
         self._stopping = asyncio.Event()
-        self._pollers: list[asyncio.Task[None]] = []
+        self._control_pollers: dict[str, asyncio.Task[None]] = {}
+        self._work_item_poller: asyncio.Task[None] | None = None
+        self.worker_id = new_worker_id()
+        self.partitions: PartitionManager | None = None
+        self._lease_loop: asyncio.Task[None] | None = None
+        self._lease_stop = asyncio.Event()
         self.provider.add_send_listener(self._on_local_send)
 
     # --- lifecycle -----------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Create the task hub if needed and start polling."""
+        """Create the task hub if needed and start polling.
+
+        If it fails (wrong key, storage unreachable), everything it opened is closed
+        before the error is raised; the worker cannot be started again.
+        """
+        try:
+            await self._start()
+        except BaseException:
+            self._stopping.set()
+            if self._lease_loop is not None:
+                self._lease_loop.cancel()
+                await asyncio.gather(self._lease_loop, return_exceptions=True)
+            for poller in [*self._control_pollers.values(), self._work_item_poller]:
+                if poller is not None:
+                    poller.cancel()
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            if self._owns_account:
+                await self.account.close()
+            raise
+
+    async def _start(self) -> None:
         await self.provider.create_if_not_exists()
         logger.info("worker started on %s", self.settings.describe())
         queues = [*self.provider.control_queues, self.provider.work_items]
@@ -167,11 +204,24 @@ class Worker:
             self._backoffs[queue.name] = _Backoff(
                 self.options.min_poll_interval, self.options.max_poll_interval
             )
-        self._pollers = [
-            asyncio.create_task(self._poll_control(q), name=f"poll {q.name}")
-            for q in self.provider.control_queues
-        ]
-        self._pollers.append(asyncio.create_task(self._poll_work_items(), name="poll work items"))
+        if self.options.partition_leases:
+            # Control queues are polled only while this worker holds their lease; the
+            # first step runs here, so a worker that is alone starts polling at once.
+            self.partitions = PartitionManager.for_account(
+                self.account, self.settings.names, self.worker_id, options=self.options.leases
+            )
+            await self.partitions.create_rows()
+            await self._apply_partitions(await self.partitions.step())
+            self._lease_loop = asyncio.create_task(
+                self.partitions.run(self._apply_partitions, self._lease_stop),
+                name="partition leases",
+            )
+        else:
+            for queue in self.provider.control_queues:
+                self._start_poller(queue.name)
+        self._work_item_poller = asyncio.create_task(
+            self._poll_work_items(), name="poll work items"
+        )
 
     async def stop(self) -> None:
         """Stop receiving, let in-flight work finish (grace period), abandon the rest."""
@@ -182,11 +232,14 @@ class Worker:
             backoff.wake.set()
         # The grace period starts now and covers pollers blocked in a receive, too.
         deadline = asyncio.get_running_loop().time() + self.options.shutdown_grace
-        if self._pollers:
-            _, blocked = await asyncio.wait(self._pollers, timeout=self.options.shutdown_grace)
+        pollers = [*self._control_pollers.values()]
+        if self._work_item_poller is not None:
+            pollers.append(self._work_item_poller)
+        if pollers:
+            _, blocked = await asyncio.wait(pollers, timeout=self.options.shutdown_grace)
             for poller in blocked:
                 poller.cancel()
-            await asyncio.gather(*self._pollers, return_exceptions=True)
+            await asyncio.gather(*pollers, return_exceptions=True)
         if self._inflight:
             remaining = max(0.0, deadline - asyncio.get_running_loop().time())
             _, pending = await asyncio.wait(set(self._inflight), timeout=remaining)
@@ -197,6 +250,7 @@ class Worker:
             await asyncio.gather(
                 *(m.queue.abandon(m.raw, 0.0) for m in held), return_exceptions=True
             )
+        await self._release_partitions()
         self._executor.shutdown(wait=False, cancel_futures=True)
         if self._owns_account:
             await self.account.close()
@@ -221,6 +275,74 @@ class Worker:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
+
+    # --- partitions ----------------------------------------------------------------------
+
+    def _start_poller(self, name: str) -> None:
+        running = self._control_pollers.get(name)
+        if self._stopping.is_set() or (running is not None and not running.done()):
+            return
+        queue = self.provider.queue_named(name)
+        self._control_pollers[name] = asyncio.create_task(
+            self._poll_control(queue), name=f"poll {name}"
+        )
+
+    async def _stop_poller(self, name: str) -> None:
+        """Let the poller of ``name`` finish its current receive and exit (it checks the
+        lease before every receive)."""
+        poller = self._control_pollers.pop(name, None)
+        if poller is None:
+            return
+        backoff = self._backoffs.get(name)
+        if backoff is not None:
+            backoff.wake.set()
+        await asyncio.gather(poller, return_exceptions=True)
+
+    async def _apply_partitions(self, changes: PartitionChanges) -> None:
+        """Follow a change of lease ownership: lost and released queues stop at once,
+        draining ones are drained in the background, acquired ones start."""
+        for name in [*changes.lost, *changes.released]:
+            await self._stop_poller(name)
+        for name in changes.draining:
+            drain = asyncio.create_task(self._drain(name), name=f"drain {name}")
+            self._inflight.add(drain)
+            drain.add_done_callback(self._inflight.discard)
+        for name in changes.acquired:
+            self._start_poller(name)
+        if changes.changed:
+            logger.info(
+                "partitions of %s: %s",
+                self.worker_id,
+                sorted(self.partitions.owned) if self.partitions else [],
+            )
+
+    async def _drain(self, name: str) -> None:
+        """Hand a partition over: stop receiving, let its running episodes finish, then
+        tell the lease manager it may release the lease."""
+        await self._stop_poller(name)
+        partition = self.provider.names.control_queues.index(name)
+        deadline = asyncio.get_running_loop().time() + self.options.leases.drain_timeout
+        while asyncio.get_running_loop().time() < deadline and any(  # noqa: ASYNC110
+            self.provider.names.partition_of(instance_id) == partition
+            for instance_id in self._active
+        ):
+            # No event marks "the last episode of this partition finished"; a hand-over
+            # is rare, and polling the in-memory set briefly is cheap.
+            await asyncio.sleep(0.05)
+        if self.partitions is not None:
+            self.partitions.mark_drained(name)
+
+    async def _release_partitions(self) -> None:
+        """On stop (after in-flight work is done): release every lease at once, so other
+        workers take the partitions on their next step instead of after expiry."""
+        if self._lease_loop is not None:
+            self._lease_loop.cancel()
+            await asyncio.gather(self._lease_loop, return_exceptions=True)
+        if self.partitions is not None:
+            try:
+                await self.partitions.release_all()
+            except StorageError as exc:
+                logger.warning("could not release partition leases (they will expire): %s", exc)
 
     # --- polling -------------------------------------------------------------------------
 
@@ -259,7 +381,10 @@ class Worker:
                 await backoff.wait()
 
     async def _poll_control_once(self, queue: TaskHubQueue, backoff: _Backoff) -> bool:
-        """One receive from a control queue; False once the worker is stopping."""
+        """One receive from a control queue; False once the worker is stopping or no
+        longer holds the queue's lease (checked before every receive)."""
+        if self.partitions is not None and not self.partitions.may_receive(queue.name):
+            return False
         # Flow control: never hold more received-but-unprocessed work than we can run.
         await self._orchestration_slots.acquire()
         self._orchestration_slots.release()

@@ -12,8 +12,10 @@ import importlib
 import json
 from typing import Any
 
+from durable_azure.errors import DurableAzureError
 
-class PayloadError(ValueError):
+
+class PayloadError(DurableAzureError, ValueError):
     """A value cannot be encoded as JSON, or stored text is not valid JSON."""
 
 

@@ -26,6 +26,8 @@ SDK and Azurite quirks handled here (see ``/work/shared/reference/azurite.md``):
 
 from __future__ import annotations
 
+import base64
+import binascii
 import contextlib
 import enum
 import math
@@ -122,6 +124,9 @@ def _translate(err: AzureError, what: str, *, message_op: bool = False) -> Stora
         return StorageError(f"{what}: {type(err).__name__}: {err}")
     status = err.status_code
     code = _error_code(err)
+    if status is None:
+        # Raised before any response (e.g. signing failed): keep the cause's own words.
+        return StorageError(f"{what}: {type(err).__name__}: {err.message}", code=code)
     msg = f"{what}: HTTP {status} {code or ''}".rstrip()
     gone = status == 404 or isinstance(err, ResourceNotFoundError)
     # A missing queue is a plain NotFoundError (as in the memory account), not a gone message.
@@ -625,6 +630,21 @@ class AzureBlobContainer:
 # --- the account -------------------------------------------------------------------------
 
 
+def _check_account_key(connection_string: str) -> None:
+    """Refuse an AccountKey that is not base64 now, not at the first request."""
+    for part in connection_string.split(";"):
+        name, _, value = part.partition("=")
+        if name.strip().lower() != "accountkey":
+            continue
+        try:
+            base64.b64decode(value.strip() + "=" * (-len(value.strip()) % 4), validate=True)
+        except (binascii.Error, ValueError):
+            raise ConfigurationError(
+                "the connection string's AccountKey is not valid base64 (copy the key "
+                "exactly as the portal shows it)"
+            ) from None
+
+
 class AzureStorageAccount:
     """One storage account: shared service clients and cached per-name wrappers.
 
@@ -650,6 +670,7 @@ class AzureStorageAccount:
     @classmethod
     def from_connection_string(cls, connection_string: str) -> AzureStorageAccount:
         """From a connection string (``UseDevelopmentStorage=true`` or explicit endpoints)."""
+        _check_account_key(connection_string)
         try:
             return cls(
                 queue_service=QueueServiceClient.from_connection_string(

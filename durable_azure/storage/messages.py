@@ -180,18 +180,28 @@ def _untyped(value: Any) -> Any:
 
 def parse_envelope(body: str) -> dict[str, Any]:
     """Parse a queue body (raw JSON, or base64 JSON as older writers used)."""
-    text = body.lstrip()
-    if not text.startswith("{"):
-        try:
-            text = base64.b64decode(text, validate=True).decode("utf-8")
-        except (binascii.Error, UnicodeDecodeError) as exc:
-            raise MessageFormatError("queue message is neither JSON nor base64 JSON") from exc
+    text = body.strip()
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise MessageFormatError(f"queue message is not valid JSON: {exc}") from exc
+        if text.startswith(("{", "[")):  # meant as JSON: truncated or corrupt
+            raise MessageFormatError(f"queue message is not valid JSON: {exc}") from None
+        try:
+            decoded = base64.b64decode(text, validate=True).decode("utf-8")
+        except (binascii.Error, UnicodeDecodeError):
+            raise MessageFormatError(
+                f"queue message is neither JSON nor base64 JSON: {exc}"
+            ) from None
+        try:
+            data = json.loads(decoded)
+        except json.JSONDecodeError as inner:
+            raise MessageFormatError(
+                f"queue message is base64 whose content is not valid JSON: {inner}"
+            ) from None
     if not isinstance(data, dict):
-        raise MessageFormatError("queue message JSON is not an object")
+        raise MessageFormatError(
+            f"queue message JSON is a {type(data).__name__}, not an object (a DTFx envelope)"
+        )
     return data
 
 

@@ -73,7 +73,7 @@ def validate_task_hub_name(name: str) -> str:
             f"task hub name {name!r} must be {MIN_TASK_HUB_NAME_LENGTH}-"
             f"{MAX_TASK_HUB_NAME_LENGTH} characters long (it is {len(name)})"
         )
-    if not _HUB_NAME.match(name):
+    if not _HUB_NAME.fullmatch(name):
         raise ConfigurationError(
             f"task hub name {name!r} must contain only letters and digits and start with a "
             "letter (Azure table names allow no hyphens or underscores)"

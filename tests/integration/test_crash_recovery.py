@@ -52,6 +52,7 @@ APP_SPEC = "tests.integration.worker_app:app"
 
 VISIBILITY = 4.0  # seconds a received message stays hidden (the default is 5 minutes)
 GRACE = 10.0  # shutdown grace of the workers, seconds
+LEASE = 3.0  # partition lease: a killed worker's partitions move to the new one after it
 SLOW_SLEEP = 0.5  # activity duration in the worker that gets stopped
 FAST_SLEEP = 0.05  # activity duration in the recovering worker
 MID_RUN_TIMEOUT = 30.0  # bound for "some activities have run"
@@ -120,6 +121,8 @@ class Harness:
             str(GRACE),
             "--max-poll-interval",
             "0.5",
+            "--lease-seconds",
+            str(LEASE),
         ]
         if max_activities is not None:
             cmd += ["--max-activities", str(max_activities)]

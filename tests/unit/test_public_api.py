@@ -17,6 +17,7 @@ EXPECTED = {
     "NonDeterministicOrchestrationError",
     "OrchestrationContext",
     "OrchestrationStatus",
+    "PayloadError",
     "RetryOptions",
     "StorageError",
     "StorageSettings",
