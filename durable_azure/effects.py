@@ -89,6 +89,20 @@ def notify_parent(
     )
 
 
+def instance_defaults(started: ExecutionStarted) -> dict[str, Any]:
+    """The Instances columns that come from an execution's start, for rebuilding a row."""
+    return {
+        "Name": started.name,
+        "Version": started.version or "",
+        "Input": started.input,
+        "CreatedTime": started.timestamp,
+        "ExecutionId": started.execution_id,
+        "Generation": started.generation or 0,
+        "CustomStatus": "null",
+        "Tags": "null",
+    }
+
+
 def next_episode(events: list[HistoryEvent]) -> int:
     """The number of the episode that follows ``events`` (1 for an empty history); sent
     as ``Episode`` on the messages it produces."""

@@ -402,6 +402,7 @@ class EpisodeRunner:
                 instance_update=update,
                 consumed=triage.accepted + triage.discard,
                 previous_length=previous_length,
+                instance_defaults=effects.instance_defaults(started),
             ),
             history,
             result,

@@ -70,6 +70,8 @@ class Checkpoint:
     consumed: list[ReceivedMessage] = field(default_factory=list)
     #: Rows of a replaced execution (continue-as-new, rewind) up to here are deleted.
     previous_length: int = 0
+    #: Columns to write too if the Instances row is missing (its table was recreated).
+    instance_defaults: dict[str, Any] = field(default_factory=dict)
 
 
 class AzureStorageProvider:
@@ -277,8 +279,13 @@ class AzureStorageProvider:
         # Crash here: history is ahead of the Instances row. The consumed messages come
         # back, the runner finds their effects already in history (duplicates), and this
         # same update is written again when it processes them - the row converges.
-        if cp.instance_update:
-            await self.instances.merge(cp.instance_id, cp.instance_update)
+        if cp.instance_update and not await self.instances.merge_existing(
+            cp.instance_id, cp.instance_update
+        ):
+            # The row is gone (e.g. its table was deleted and recreated): write it whole.
+            await self.instances.merge(
+                cp.instance_id, {**cp.instance_defaults, **cp.instance_update}
+            )
 
         # Step 4: delete the consumed messages.
         # Crash here: some consumed messages reappear; their effects are in history, so

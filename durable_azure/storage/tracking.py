@@ -287,6 +287,19 @@ class InstanceStore:
             return False
         return True
 
+    async def merge_existing(self, instance_id: str, values: dict[str, Any]) -> bool:
+        """Merge ``values`` into the row if it exists; False (nothing written) if not.
+        Costs the same one request as :meth:`merge`."""
+        row = self._row(instance_id, values)
+        await self.payloads.offload_instance_row(row)
+        try:
+            await self.table.update(row, etag="*", mode=UpdateMode.MERGE)
+        except NotFoundError as exc:
+            if exc.code in (None, "ResourceNotFound", ""):
+                return False
+            raise  # the table itself is missing: a storage error, not a missing row
+        return True
+
     async def merge(self, instance_id: str, values: dict[str, Any]) -> None:
         """InsertOrMerge the given columns (the checkpoint's status update)."""
         row = self._row(instance_id, values)

@@ -603,12 +603,6 @@ async def test_instances_table_deleted_under_a_running_worker(
     assert await bad_hub.client.list_poison() == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="after the Instances table is lost and recreated, the worker's checkpoint "
-    "upsert-merges only the status columns: the instance completes but its row has no "
-    "Name, Input, CreatedTime or ExecutionId, although its history has them",
-)
 async def test_an_instance_row_lost_with_its_table_is_rebuilt_in_full(
     bad_hub: Hub, caplog: pytest.LogCaptureFixture
 ) -> None:
