@@ -67,7 +67,10 @@ def _settings(args: argparse.Namespace) -> Any:
     from durable_azure.settings import StorageSettings
 
     return StorageSettings.resolve(
-        connection_string=args.connection, task_hub=args.task_hub, partition_count=args.partitions
+        connection_string=args.connection,
+        account_url=args.account_url,
+        task_hub=args.task_hub,
+        partition_count=args.partitions,
     )
 
 
@@ -105,6 +108,7 @@ async def _cmd_worker(args: argparse.Namespace) -> int:
     worker = Worker(
         app,
         connection_string=args.connection,
+        account_url=args.account_url,
         task_hub=args.task_hub,
         partition_count=args.partitions,
         options=options,
@@ -378,6 +382,7 @@ async def _cmd_serve(args: argparse.Namespace) -> int:
         run_worker=not args.no_worker,
         insecure_no_key=args.insecure_no_key,
         connection_string=args.connection,
+        account_url=args.account_url,
         task_hub=args.task_hub,
         partition_count=args.partitions,
     )
@@ -401,6 +406,11 @@ def build_parser() -> argparse.ArgumentParser:
         prog="durable-azure", description="Durable orchestrations on Azure Storage."
     )
     parser.add_argument("--connection", help="storage connection string (default: env or Azurite)")
+    parser.add_argument(
+        "--account-url",
+        help="storage account URL, used with DefaultAzureCredential (managed identity, "
+        "az login, ...) instead of a connection string ($DURABLE_STORAGE_ACCOUNT_URL)",
+    )
     parser.add_argument("--task-hub", help="task hub name (default: $DURABLE_TASK_HUB)")
     parser.add_argument("--partitions", type=int, help="control-queue partitions, 1-16")
     parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")

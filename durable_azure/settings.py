@@ -23,6 +23,7 @@ from durable_azure.storage.primitives import StorageAccount
 ENV_CONNECTION_STRING = "AZURE_STORAGE_CONNECTION_STRING"
 ENV_TASK_HUB = "DURABLE_TASK_HUB"
 ENV_PARTITION_COUNT = "DURABLE_PARTITION_COUNT"
+ENV_ACCOUNT_URL = "DURABLE_STORAGE_ACCOUNT_URL"
 
 #: Azurite on its default ports (what ``UseDevelopmentStorage=true`` means).
 DEVELOPMENT_STORAGE = "UseDevelopmentStorage=true"
@@ -35,8 +36,11 @@ DEFAULT_TASK_HUB = "TestHubName"
 class StorageSettings:
     """How to reach one task hub.
 
-    Either ``connection_string`` or ``account_url`` (with ``credential``, an
-    ``azure-identity`` credential such as ``DefaultAzureCredential()``) is used.
+    Either ``connection_string`` or ``account_url`` is used. With ``account_url``
+    (``https://<account>.blob.core.windows.net``, or the account's queue/table URL, or
+    just ``https://<account>``) the ``credential`` is an async ``azure-identity``
+    credential; by default ``azure.identity.aio.DefaultAzureCredential()`` (managed
+    identity, workload identity, environment, Azure CLI...).
     """
 
     task_hub: str = DEFAULT_TASK_HUB
@@ -50,8 +54,8 @@ class StorageSettings:
         validate_partition_count(self.partition_count)
         if self.connection_string is not None and not self.connection_string.strip():
             raise ConfigurationError("the storage connection string must not be empty")
-        if self.account_url and self.credential is None:
-            raise ConfigurationError("account_url needs a credential (e.g. DefaultAzureCredential)")
+        if self.account_url is not None:
+            _account_name(self.account_url)  # a clear error now for a URL without one
 
     @classmethod
     def resolve(
@@ -73,8 +77,13 @@ class StorageSettings:
                     f"{ENV_PARTITION_COUNT} must be an integer, got {raw!r}"
                 ) from None
         if account_url is None and connection_string is None:
-            # None means "not given"; an explicit "" is kept, and refused below.
-            connection_string = os.environ.get(ENV_CONNECTION_STRING) or DEVELOPMENT_STORAGE
+            # None means "not given" (an explicit "" is kept, and refused): then the
+            # environment's connection string, its account URL, or Azurite, in that order.
+            connection_string = os.environ.get(ENV_CONNECTION_STRING) or None
+            if connection_string is None:
+                account_url = os.environ.get(ENV_ACCOUNT_URL) or None
+            if connection_string is None and account_url is None:
+                connection_string = DEVELOPMENT_STORAGE
         if task_hub is None:
             task_hub = os.environ.get(ENV_TASK_HUB) or DEFAULT_TASK_HUB
         return cls(
@@ -94,8 +103,13 @@ class StorageSettings:
         from durable_azure.storage.azure_primitives import AzureStorageAccount
 
         if self.account_url:
+            credential = self.credential
+            if credential is None:
+                from azure.identity.aio import DefaultAzureCredential
+
+                credential = DefaultAzureCredential()
             return AzureStorageAccount.from_credential(
-                self.credential, account_name=_account_name(self.account_url)
+                credential, account_name=_account_name(self.account_url)
             )
         assert self.connection_string is not None
         return AzureStorageAccount.from_connection_string(self.connection_string)

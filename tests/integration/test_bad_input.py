@@ -10,6 +10,7 @@ import gc
 import gzip
 import json
 import logging
+import re
 import subprocess
 import sys
 import time
@@ -653,11 +654,11 @@ async def test_a_wrong_account_key_fails_fast_with_an_authorization_error(
     async with DurableClient.from_settings(
         StorageSettings(task_hub=task_hub, connection_string=cs)
     ) as client:
-        with pytest.raises(StorageError, match="403 Authori") as raised:
+        with pytest.raises(StorageError, match=r"403 Auth(orization|entication)") as raised:
             await asyncio.wait_for(client.start_new("chain3", client_input=1), 60)
         assert raised.value.status == 403
         # Not "no such instance": a wrong key must not look like a missing instance.
-        with pytest.raises(StorageError, match="403 Authori") as raised:
+        with pytest.raises(StorageError, match=r"403 Auth(orization|entication)") as raised:
             await asyncio.wait_for(client.get_status("any-id"), 60)
         assert not isinstance(raised.value, InstanceNotFoundError)
 
@@ -668,7 +669,7 @@ async def test_a_worker_with_a_wrong_account_key_fails_to_start_quickly(
     cs = wrong_key_connection_string(azurite.connection_string)
     worker = Worker(app, connection_string=cs, task_hub=task_hub, options=FAST)
     try:
-        with pytest.raises(StorageError, match="403 Authori"):
+        with pytest.raises(StorageError, match=r"403 Auth(orization|entication)"):
             await asyncio.wait_for(worker.start(), 60)
         assert worker._control_pollers == {}
         assert worker._work_item_poller is None
@@ -714,7 +715,7 @@ def test_cli_with_a_wrong_account_key_exits_with_a_clear_error(azurite: Any, tas
     cs = wrong_key_connection_string(azurite.connection_string)
     done = run_cli("--connection", cs, "--task-hub", task_hub, "start", "chain3")
     assert done.returncode == 1, (done.stdout, done.stderr)
-    assert "403 Authori" in done.stderr
+    assert re.search("403 Auth(orization|entication)", done.stderr), done.stderr
     assert "Traceback" not in done.stderr
 
 
