@@ -151,7 +151,10 @@ class EpisodeRunner:
             batch = [m for m in batch if m.dequeue_count <= self.max_dequeue_count]
             try:
                 await self._set_aside(instance_id, poisoned)
-            except StorageError as exc:  # kept in the queue; tried again next delivery
+            except (StorageError, SessionAbortedError) as exc:
+                # Still in the queue: the next delivery repeats the set-aside (same blob
+                # name) against a fresh history, so nothing is lost or done twice.
+                self.cache.drop(instance_id)
                 logger.warning("could not set aside poison messages: %s", exc, extra=log_extra)
         if not batch:
             return

@@ -12,6 +12,7 @@ import pytest
 from durable_azure import OrchestrationContext, OrchestrationStatus, TaskFailedError
 from durable_azure.engine.history import ExecutionCompleted
 from durable_azure.errors import NotFoundError
+from durable_azure.storage.primitives import UpdateMode
 from durable_azure.storage.queues import TaskHubQueue
 from tests.unit.harness import VISIBILITY, Harness
 
@@ -139,3 +140,32 @@ async def test_a_message_below_the_threshold_is_processed_normally(h: Harness) -
     await h.assert_completed("inst", 10)
     assert await h.provider.poison.list() == []
     assert timedelta(0) < VISIBILITY
+
+
+async def test_set_aside_retried_when_another_writer_commits_first(h: Harness) -> None:
+    await h.start("chain", "inst", 4)
+    await h.run_episodes()
+    await h.run_activities()
+    control = h.provider.control_queue_of("inst")
+    for _ in range(MAX):
+        await die_holding(h, control)
+    # Another writer moves the sentinel between this worker's history load and its commit.
+    real_load = h.provider.load_history
+
+    async def load_then_race(instance_id: str) -> Any:
+        loaded = await real_load(instance_id)
+        sentinel = await h.provider.history.table.get(instance_id, "sentinel")
+        assert sentinel is not None
+        await h.provider.history.table.upsert(dict(sentinel.properties), UpdateMode.MERGE)
+        return loaded
+
+    h.provider.load_history = load_then_race  # type: ignore[method-assign]
+    await h.run_episodes()  # SessionAbortedError inside the set-aside: logged, not raised
+    h.provider.load_history = real_load  # type: ignore[method-assign]
+    assert await control.queue.approximate_count() == 1  # kept for the next delivery
+    h.clock.advance(VISIBILITY.total_seconds() + 1)
+    await h.run_episodes()
+    assert await control.queue.approximate_count() == 0
+    status = await h.client.get_status("inst")
+    assert status.runtime_status is OrchestrationStatus.Failed
+    assert len(await h.provider.poison.list()) == 1
