@@ -20,13 +20,13 @@ sleep ``CHAOS_ACTIVITY_SLEEP`` seconds (default 0.1) so that kills land while th
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from datetime import timedelta
 from typing import Any
 
 from durable_azure import DurableApp
+from tests import activity_log
 
 LOG_ENV = "CHAOS_ACTIVITY_LOG"
 SLEEP_ENV = "CHAOS_ACTIVITY_SLEEP"
@@ -117,30 +117,13 @@ def expected_output(kind: str, instance_id: str, seed: int) -> Any:
 
 
 def record(instance_id: str, key: str) -> None:
-    path = os.environ.get(LOG_ENV)
-    if not path:
-        return
-    line = json.dumps({"instance": instance_id, "key": key, "pid": os.getpid()}) + "\n"
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.write(fd, line.encode("utf-8"))
-    finally:
-        os.close(fd)
+    activity_log.append(
+        os.environ.get(LOG_ENV), {"instance": instance_id, "key": key, "pid": os.getpid()}
+    )
 
 
 def read_log(path: str) -> list[dict[str, Any]]:
-    try:
-        with open(path, encoding="utf-8") as f:
-            lines = f.read().splitlines()
-    except FileNotFoundError:
-        return []
-    out = []
-    for line in lines:
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return out
+    return activity_log.read(path)
 
 
 @app.activity

@@ -14,13 +14,13 @@ Results are pure functions of the inputs (:func:`expected_chain10`,
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from datetime import timedelta
 from typing import Any
 
 from durable_azure import DurableApp
+from tests import activity_log
 
 LOG_ENV = "DURABLE_TEST_LOG"
 SLEEP_ENV = "DURABLE_TEST_ACTIVITY_SLEEP"
@@ -32,32 +32,13 @@ app = DurableApp()
 
 def record(instance_id: str, key: str, phase: str) -> None:
     """Append one execution record to the log file (if ``DURABLE_TEST_LOG`` is set)."""
-    path = os.environ.get(LOG_ENV)
-    if not path:
-        return
     entry = {"instance": instance_id, "input": key, "pid": os.getpid(), "phase": phase}
-    line = json.dumps(entry) + "\n"
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.write(fd, line.encode("utf-8"))
-    finally:
-        os.close(fd)
+    activity_log.append(os.environ.get(LOG_ENV), entry)
 
 
 def read_log(path: str) -> list[dict[str, Any]]:
-    """The records written so far (a torn last line, impossible with O_APPEND, is skipped)."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            lines = f.read().splitlines()
-    except FileNotFoundError:
-        return []
-    out = []
-    for line in lines:
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return out
+    """The records written so far."""
+    return activity_log.read(path)
 
 
 def _work(instance_id: str, key: str) -> None:
