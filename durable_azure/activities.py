@@ -13,7 +13,7 @@ import logging
 import traceback
 from collections.abc import Callable
 from concurrent.futures import Executor
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from durable_azure.engine import serialization
@@ -54,7 +54,7 @@ class ActivityRunner:
 
     async def execute(self, name: str, input_text: str | None, task_id: int) -> HistoryEvent:
         """Run activity ``name``; returns its TaskCompleted or TaskFailed for ``task_id``."""
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         try:
             fn = self.activities(name)
             if fn is None:
@@ -156,7 +156,7 @@ class ActivityRunner:
             Outbound(
                 TaskMessage(
                     event=TaskFailed(
-                        timestamp=datetime.now(timezone.utc),
+                        timestamp=datetime.now(UTC),
                         task_scheduled_id=scheduled.event_id,
                         reason=failure.summary(),
                         failure_details=failure,

@@ -36,7 +36,7 @@ import enum
 import logging
 from collections.abc import Awaitable, Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 from azure.core.exceptions import AzureError
@@ -664,7 +664,7 @@ async def diagnose(
     Returns:
         The :class:`Report`; ``report.clean`` when nothing was found.
     """
-    clock = datetime.now(timezone.utc)
+    clock = datetime.now(UTC)
     now = now or clock
     names = provider.names
     views = _Views(provider)
@@ -861,7 +861,7 @@ async def fix(provider: AzureStorageProvider, report: Report) -> list[str]:
 
     Report-only findings are ignored.
     """
-    clock = datetime.now(timezone.utc)
+    clock = datetime.now(UTC)
     now = max(report.checked_at, clock)
     views = _Views(provider)
     done: list[str] = []

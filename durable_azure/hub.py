@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from durable_azure.errors import NotFoundError
@@ -299,7 +299,7 @@ async def hub_info(provider: AzureStorageProvider, *, now: datetime | None = Non
     Control queues beyond the configured partition count are listed only if they exist.
     ``now`` defaults to the current time (UTC).
     """
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     names = provider.names
     configured = [*names.control_queues, names.work_item_queue]
     extra = all_control_queue_names(names)[names.partition_count :]
@@ -401,7 +401,7 @@ async def delete_hub(provider: AzureStorageProvider) -> list[str]:
 
 
 def iso_time(value: datetime | None) -> str | None:
-    return None if value is None else value.astimezone(timezone.utc).isoformat()
+    return None if value is None else value.astimezone(UTC).isoformat()
 
 
 def format_duration(seconds: float) -> str:

@@ -16,7 +16,7 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from durable_azure import effects
@@ -72,7 +72,7 @@ DEFAULT_HISTORY_CACHE_SIZE = 1000
 
 
 def _utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 @dataclass
@@ -98,6 +98,9 @@ class HistoryCache:
 
     An entry is only ever used with its sentinel ETag: if another writer changed the
     history meanwhile, the commit fails with SessionAbortedError and the entry is dropped.
+    A message is never deferred or deleted on the word of a cached entry alone (see
+    :meth:`EpisodeRunner._process`), and the worker forgets the entries of a partition
+    when it stops owning it.
     """
 
     def __init__(self, capacity: int) -> None:
@@ -120,6 +123,11 @@ class HistoryCache:
 
     def drop(self, instance_id: str) -> None:
         self._entries.pop(instance_id, None)
+
+    def drop_where(self, predicate: Callable[[str], bool]) -> None:
+        """Forget every instance whose id satisfies ``predicate``."""
+        for instance_id in [i for i in self._entries if predicate(i)]:
+            del self._entries[instance_id]
 
 
 class EpisodeRunner:
@@ -164,7 +172,7 @@ class EpisodeRunner:
             logger.warning("%s", exc, extra=log_extra)
             self.cache.drop(instance_id)
             await _abandon_all(batch, delay=1.0)
-        except (StorageError, OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, StorageError, OSError) as exc:
             logger.warning(
                 "episode of %s failed on storage, messages abandoned: %s",
                 instance_id,
@@ -185,9 +193,18 @@ class EpisodeRunner:
             await _abandon_all(batch)
 
     async def _process(self, instance_id: str, batch: list[ReceivedMessage]) -> None:
-        history = self.cache.get(instance_id) or await self.provider.load_history(instance_id)
         batch = sorted(batch, key=lambda m: (m.raw.inserted_on, m.message.sequence_number))
+        cached = self.cache.get(instance_id)
+        history = cached or await self.provider.load_history(instance_id)
         triage = await self._triage(instance_id, batch, history)
+        if cached is not None and (triage.defer or triage.discard):
+            # A cached history may be stale: another worker may have moved the instance on
+            # while this one did not own its partition. It is good enough to apply
+            # messages (the commit's ETag check catches staleness), never to hold one
+            # back or delete it: judge those against storage.
+            self.cache.drop(instance_id)
+            history = await self.provider.load_history(instance_id)
+            triage = await self._triage(instance_id, batch, history)
         history = triage.history
         await _gather(m.queue.abandon(m.raw, delay) for m, delay in triage.defer)
         await _gather(self._send_again_later(m) for m in triage.early)

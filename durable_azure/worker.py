@@ -48,6 +48,9 @@ from durable_azure.storage.queues import (
 
 logger = logging.getLogger(__name__)
 
+#: Seconds :meth:`Worker.stop` waits for the cancelled partition lease loop.
+LEASE_LOOP_STOP_TIMEOUT = 10.0
+
 
 @dataclass(frozen=True)
 class WorkerOptions:
@@ -107,8 +110,10 @@ class _Backoff:
             self.maximum,
             self.minimum * (2 ** min(self.failures - 1, 20)) * random.uniform(0.8, 1.2),
         )
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(self.wake.wait(), timeout=delay)
+        # asyncio.timeout, not wait_for (which can swallow a cancellation on 3.11).
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(delay):
+                await self.wake.wait()
         if self.wake.is_set():
             self.wake.clear()
             self.failures = 0
@@ -185,9 +190,7 @@ class Worker:
             await self._start()
         except BaseException:
             self._stopping.set()
-            if self._lease_loop is not None:
-                self._lease_loop.cancel()
-                await asyncio.gather(self._lease_loop, return_exceptions=True)
+            await self._cancel_lease_loop()
             for poller in [*self._control_pollers.values(), self._work_item_poller]:
                 if poller is not None:
                     poller.cancel()
@@ -301,8 +304,14 @@ class Worker:
     async def _apply_partitions(self, changes: PartitionChanges) -> None:
         """Follow a change of lease ownership: lost and released queues stop at once,
         draining ones are drained in the background, acquired ones start."""
-        for name in [*changes.lost, *changes.released]:
+        gone = [*changes.lost, *changes.released]
+        for name in gone:
             await self._stop_poller(name)
+        if gone:
+            # Another worker moves these instances on now; cached histories would go stale.
+            names = self.provider.names
+            partitions = {names.control_queues.index(name) for name in gone}
+            self.episodes.cache.drop_where(lambda i: names.partition_of(i) in partitions)
         for name in changes.draining:
             drain = asyncio.create_task(self._drain(name), name=f"drain {name}")
             self._inflight.add(drain)
@@ -335,14 +344,26 @@ class Worker:
     async def _release_partitions(self) -> None:
         """On stop (after in-flight work is done): release every lease at once, so other
         workers take the partitions on their next step instead of after expiry."""
-        if self._lease_loop is not None:
-            self._lease_loop.cancel()
-            await asyncio.gather(self._lease_loop, return_exceptions=True)
+        await self._cancel_lease_loop()
         if self.partitions is not None:
             try:
                 await self.partitions.release_all()
             except StorageError as exc:
                 logger.warning("could not release partition leases (they will expire): %s", exc)
+
+    async def _cancel_lease_loop(self) -> None:
+        """Cancel the lease loop and wait for it, but never forever: a stop that hangs is
+        worse than leases left to expire."""
+        loop_task = self._lease_loop
+        if loop_task is None:
+            return
+        loop_task.cancel()
+        done, _ = await asyncio.wait({loop_task}, timeout=LEASE_LOOP_STOP_TIMEOUT)
+        if not done:
+            logger.error(
+                "the partition lease loop ignored cancellation for %.0f s; leaving it",
+                LEASE_LOOP_STOP_TIMEOUT,
+            )
 
     # --- polling -------------------------------------------------------------------------
 
@@ -356,7 +377,7 @@ class Worker:
     ) -> tuple[list[ReceivedMessage], list[UnreadableMessage]]:
         try:
             return await queue.receive(max_messages, self.options.visibility_timeout)
-        except (StorageError, OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, StorageError, OSError) as exc:
             logger.warning("receiving from %s failed: %s", queue.name, exc)
             return [], []
 
@@ -452,7 +473,7 @@ class Worker:
     async def _run_activity(self, message: ReceivedMessage) -> None:
         try:
             await self.activities.process(message)
-        except (StorageError, OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, StorageError, OSError) as exc:
             logger.warning("activity response not sent, work item abandoned: %s", exc)
             with contextlib.suppress(StorageError):
                 await message.queue.abandon(message.raw)

@@ -12,7 +12,7 @@ STAMP="$ROOT/.venv/.durable-azure-setup.sha256"
 say() { echo "setup: $*"; }
 
 if ! command -v "$PYTHON" >/dev/null 2>&1; then
-    echo "setup: $PYTHON not found; install Python >= 3.10" >&2
+    echo "setup: $PYTHON not found; install Python >= 3.11" >&2
     exit 1
 fi
 

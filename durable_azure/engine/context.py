@@ -18,7 +18,7 @@ import logging
 import uuid
 from collections import deque
 from collections.abc import Callable, Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from durable_azure.engine import serialization
@@ -191,8 +191,8 @@ class OrchestrationContext:
         if not isinstance(fire_at, datetime):
             raise TypeError(f"create_timer needs a datetime, got {type(fire_at).__name__}")
         if fire_at.tzinfo is None:
-            fire_at = fire_at.replace(tzinfo=timezone.utc)
-        fire_at = fire_at.astimezone(timezone.utc)
+            fire_at = fire_at.replace(tzinfo=UTC)
+        fire_at = fire_at.astimezone(UTC)
         task_id = self._take_id()
         self._actions[task_id] = CreateTimer(id=task_id, fire_at=fire_at)
         task = TimerTask(task_id, fire_at)

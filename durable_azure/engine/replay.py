@@ -17,7 +17,7 @@ import logging
 import traceback
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from durable_azure.engine import serialization
@@ -384,8 +384,8 @@ def _utc(value: datetime) -> datetime:
     """Aware UTC: naive values are taken as UTC, others converted (``new_uuid`` formats
     the time with a literal ``Z``, so it must really be UTC)."""
     if value.tzinfo is None:
-        return value.replace(tzinfo=timezone.utc)
-    return value.astimezone(timezone.utc)
+        return value.replace(tzinfo=UTC)
+    return value.astimezone(UTC)
 
 
 def _latest(current: datetime | None, candidate: datetime) -> datetime:

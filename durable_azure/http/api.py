@@ -23,7 +23,7 @@ import logging
 import re
 import time
 from collections.abc import Awaitable, Callable, Collection, Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from starlette.applications import Starlette
@@ -154,7 +154,7 @@ def parse_time(text: str, name: str = "time") -> datetime:
         raise _bad_request(
             f"'{name}' is not an ISO-8601 time (e.g. 2026-11-24T18:00:00Z): {text!r}"
         ) from None
-    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=timezone.utc)
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
 
 
 def _time_param(request: Request, name: str) -> datetime | None:
@@ -433,7 +433,7 @@ class _ManagementApi:
             if created_from is None:
                 raise _bad_request("Please provide value for 'createdTimeFrom' parameter.")
             purged = await self.client.purge_instance_history_by(
-                created_from, created_to or datetime.now(timezone.utc), statuses
+                created_from, created_to or datetime.now(UTC), statuses
             )
             if purged.deleted == 0:
                 return _error(404, "no instances matched the filter")

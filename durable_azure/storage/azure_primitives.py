@@ -34,7 +34,7 @@ import math
 import re
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, cast
 
 from azure.core import MatchConditions
@@ -183,7 +183,7 @@ def _from_sdk_value(value: Any) -> TableValue:
         value = value.value
     if isinstance(value, datetime) and type(value) is not datetime:
         # TablesEntityDatetime -> a plain aware UTC datetime (equality and pickling behave).
-        value = value.astimezone(timezone.utc)
+        value = value.astimezone(UTC)
         return datetime(
             value.year,
             value.month,
@@ -192,7 +192,7 @@ def _from_sdk_value(value: Any) -> TableValue:
             value.minute,
             value.second,
             value.microsecond,
-            tzinfo=timezone.utc,
+            tzinfo=UTC,
         )
     return value
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from durable_azure.engine.history import (
@@ -46,7 +46,7 @@ def _pascal(name: str) -> str:
 
 
 def _utc(value: datetime) -> datetime:
-    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
 
 
 # --- field dictionaries (shared by rows and messages) ------------------------------------
@@ -200,7 +200,7 @@ def row_to_event(row: dict[str, Any]) -> HistoryEvent:
         fields["EventType"] = EventType[fields["EventType"]]
     if "Timestamp" not in fields:
         # A row written by a tool that kept only the table's own Timestamp.
-        fields["Timestamp"] = row.get("Timestamp") or datetime(1970, 1, 1, tzinfo=timezone.utc)
+        fields["Timestamp"] = row.get("Timestamp") or datetime(1970, 1, 1, tzinfo=UTC)
     return event_from_fields(fields)
 
 

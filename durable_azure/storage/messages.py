@@ -15,7 +15,7 @@ import json
 import re
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from durable_azure.engine.history import EventType, HistoryEvent, OrchestrationStatus
@@ -71,7 +71,7 @@ class TaskMessage:
 
 def format_timestamp(value: datetime) -> str:
     """``2026-11-24T16:54:09.1234560Z``: .NET round-trip format, 7 fractional digits."""
-    value = value.astimezone(timezone.utc) if value.tzinfo else value
+    value = value.astimezone(UTC) if value.tzinfo else value
     return value.strftime("%Y-%m-%dT%H:%M:%S.%f") + "0Z"
 
 
@@ -89,8 +89,8 @@ def parse_timestamp(text: str) -> datetime:
     micros = (fraction or "0")[:6].ljust(6, "0")
     stamp = datetime.fromisoformat(f"{base}.{micros}")
     if zone in (None, "Z"):
-        return stamp.replace(tzinfo=timezone.utc)
-    return datetime.fromisoformat(f"{base}.{micros}{zone}").astimezone(timezone.utc)
+        return stamp.replace(tzinfo=UTC)
+    return datetime.fromisoformat(f"{base}.{micros}{zone}").astimezone(UTC)
 
 
 # --- encoding ----------------------------------------------------------------------------

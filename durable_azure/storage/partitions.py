@@ -84,7 +84,7 @@ import socket
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field, fields, replace
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from durable_azure.errors import AlreadyExistsError, ConditionFailedError, StorageError
 from durable_azure.storage.names import TaskHubNames
@@ -112,7 +112,7 @@ _RENEW_AT = 0.5
 
 
 def _utc_now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def new_worker_id() -> str:
@@ -183,8 +183,8 @@ def _time(value: TableValue) -> datetime | None:
     if not isinstance(value, datetime):
         return None
     if value.tzinfo is None:  # Edm.DateTime is UTC
-        return value.replace(tzinfo=timezone.utc)
-    return value.astimezone(timezone.utc)
+        return value.replace(tzinfo=UTC)
+    return value.astimezone(UTC)
 
 
 @dataclass(frozen=True, slots=True)
@@ -705,8 +705,12 @@ class PartitionManager:
             self._wake.clear()
             changes: PartitionChanges | None = None
             try:
-                changes = await asyncio.wait_for(self.step(), self.options.operation_timeout)
-            except asyncio.TimeoutError:
+                # asyncio.timeout, not asyncio.wait_for: on Python 3.11 wait_for swallows
+                # a cancellation that lands as the step finishes, and this loop would then
+                # outlive the worker that cancelled it.
+                async with asyncio.timeout(self.options.operation_timeout):
+                    changes = await self.step()
+            except TimeoutError:
                 logger.warning(
                     "%s: partition step exceeded %s s; retrying",
                     self.worker_id,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from durable_azure.storage.primitives import BlobContainer, QueueMessage
 
@@ -52,7 +52,7 @@ class PoisonStore:
             message_id=raw.id,
             dequeue_count=raw.dequeue_count,
             inserted_on=raw.inserted_on.isoformat(),
-            set_aside_at=datetime.now(timezone.utc).isoformat(),
+            set_aside_at=datetime.now(UTC).isoformat(),
             reason=reason,
             instance_id=instance_id,
             body=raw.content,

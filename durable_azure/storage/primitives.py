@@ -24,7 +24,7 @@ import re
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, Protocol, runtime_checkable
 
 from durable_azure.storage.names import MAX_MESSAGES_PER_RECEIVE, MAX_VISIBILITY_TIMEOUT
@@ -451,7 +451,7 @@ def require_aware(value: datetime) -> datetime:
     """
     if value.tzinfo is None:
         raise ValueError(f"table date-times must be timezone-aware (UTC), got {value!r}")
-    return value.astimezone(timezone.utc)
+    return value.astimezone(UTC)
 
 
 def encode_continuation(partition_key: str | None, row_key: str | None) -> str:

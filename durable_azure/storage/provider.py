@@ -11,7 +11,7 @@ import logging
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from durable_azure.engine.history import (
@@ -181,7 +181,7 @@ class AzureStorageProvider:
         existing = await self.instances.get(instance_id)
         if existing is not None and not existing.runtime_status.is_terminal:
             raise InstanceAlreadyExistsError(instance_id, existing.runtime_status.name)
-        now = now or datetime.now(timezone.utc)
+        now = now or datetime.now(UTC)
         execution_id = uuid.uuid4().hex
         generation = existing.generation + 1 if existing is not None else 0
         # A scheduled start waits in its queue (in steps of < 7 days; the runner re-parks

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from durable_azure.engine.history import OrchestrationStatus
 from durable_azure.errors import ConfigurationError
@@ -101,7 +101,7 @@ class InstanceQuery:
                     f"{label} must be timezone-aware (e.g. datetime.now(timezone.utc)), "
                     f"got the naive {value!r}"
                 )
-            object.__setattr__(self, label, value.astimezone(timezone.utc))
+            object.__setattr__(self, label, value.astimezone(UTC))
         start, end = self.created_time_from, self.created_time_to
         if start is not None and end is not None and start > end:
             raise ConfigurationError(

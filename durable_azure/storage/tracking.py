@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from durable_azure.engine.history import (
@@ -154,7 +154,7 @@ class HistoryStore:
                 "IsCheckpointComplete": last,
             }
             if last:
-                sentinel["CheckpointCompletedTimestamp"] = datetime.now(timezone.utc)
+                sentinel["CheckpointCompletedTimestamp"] = datetime.now(UTC)
             sentinel_op = (
                 TableOp(TableOpKind.INSERT, sentinel)
                 if etag is None

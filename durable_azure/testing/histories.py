@@ -29,7 +29,7 @@ from __future__ import annotations
 import traceback
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 
 from durable_azure.engine import serialization
@@ -64,7 +64,7 @@ __all__ = [
 ]
 
 #: The clock's default start: the first timestamp of the recorded SDK experiments.
-DEFAULT_START = datetime(2024, 5, 1, 10, 0, 1, tzinfo=timezone.utc)
+DEFAULT_START = datetime(2024, 5, 1, 10, 0, 1, tzinfo=UTC)
 
 #: The execution id the recorded SDK experiments use.
 DEFAULT_EXECUTION_ID = "e0000000000000000000000000000001"
@@ -75,8 +75,8 @@ _ONE_SECOND = timedelta(seconds=1)
 def _aware(value: datetime) -> datetime:
     """``value`` as an aware UTC datetime (naive values are taken to be UTC)."""
     if value.tzinfo is None:
-        return value.replace(tzinfo=timezone.utc)
-    return value.astimezone(timezone.utc)
+        return value.replace(tzinfo=UTC)
+    return value.astimezone(UTC)
 
 
 def _payload(value: Any, text: str | None) -> str:

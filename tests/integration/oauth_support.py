@@ -77,7 +77,7 @@ class TlsFiles:
 
 def make_tls_files(directory: Path) -> TlsFiles:
     """Write a one-day CA and a server certificate for 127.0.0.1/localhost into ``directory``."""
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     not_before, not_after = now - dt.timedelta(minutes=5), now + dt.timedelta(days=1)
 
     ca_key = ec.generate_private_key(ec.SECP256R1())

@@ -16,7 +16,7 @@ import sys
 import time
 import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -386,7 +386,7 @@ async def test_megabyte_payloads_round_trip_through_blobs(
 
 
 def real_start_body(instance_id: str) -> str:
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     event = ExecutionStarted(
         timestamp=now,
         name="chain3",

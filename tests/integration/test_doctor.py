@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import AsyncIterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -30,7 +30,7 @@ pytestmark = pytest.mark.azurite
 
 def _later(minutes: float = 60) -> datetime:
     """A diagnosis time this far ahead: everything written now is that old by then."""
-    return datetime.now(timezone.utc) + timedelta(minutes=minutes)
+    return datetime.now(UTC) + timedelta(minutes=minutes)
 
 
 def _kinds(report: Report) -> list[tuple[FindingKind, str]]:
@@ -144,7 +144,7 @@ async def test_lost_start_is_sent_again_and_the_instance_completes(hub: Hub, lar
         orchestrator, client_input = "large_payloads", {"text": "x" * 70_000}
     else:
         orchestrator, client_input = "chain5", 3
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     # A Pending row as a client writes it, but its start message never reached the queue.
     await provider.instances.create(
         instance_id,
@@ -202,7 +202,7 @@ async def test_lost_start_of_a_restart_is_sent_again(hub: Hub) -> None:
     first = await hub.client.wait_for_completion(instance_id, timeout=60)
     old = await provider.instances.get(instance_id)
     assert old is not None
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     restarted = {
         "RuntimeStatus": "Pending",
         "ExecutionId": uuid.uuid4().hex,
@@ -297,7 +297,7 @@ async def test_a_blob_named_by_a_queued_message_is_not_orphaned(
     """A large start waiting in its queue (no row: the client crashed before writing
     it) needs its blob: it is never reported, let alone deleted."""
     start = ExecutionStarted(
-        timestamp=datetime.now(timezone.utc),
+        timestamp=datetime.now(UTC),
         name="large_payloads",
         instance_id="nobody-yet",
         execution_id=uuid.uuid4().hex,
@@ -325,7 +325,7 @@ async def test_old_messages_partitions_and_poison_are_reported_not_touched(
     await bare.account.queue(stranded).create()
     await bare.account.queue(stranded).send("{}")
     # DTFx's partition table: one live lease, one expired.
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     with TableServiceClient.from_connection_string(azurite.connection_string) as service:
         table = service.create_table(names.partitions_table)
         for queue, expires in [(names.control_queue(0), now + timedelta(days=1)),

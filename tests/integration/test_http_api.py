@@ -14,7 +14,7 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import quote
 
@@ -319,7 +319,7 @@ async def test_list_filters_and_continuation_paging(api: Api) -> None:
         f"{BASE}/instances?runtimeStatus=Running,Pending&runtimeStatus=Suspended"
     )
     assert [s["instanceId"] for s in running.json()] == ["other-1"]
-    future = (datetime.now(timezone.utc) + timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    future = (datetime.now(UTC) + timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     empty = await api.http.get(f"{BASE}/instances?createdTimeFrom={future}")
     assert empty.json() == []
     no_input = await api.http.get(f"{BASE}/instances?instanceIdPrefix=page-&showInput=false")
@@ -421,7 +421,7 @@ async def test_purge_one_and_by_filter(api: Api) -> None:
     no_from = await api.http.delete(f"{BASE}/instances/")
     assert no_from.status_code == 400
     assert "createdTimeFrom" in no_from.json()["ExceptionMessage"]
-    since = (datetime.now(timezone.utc) - timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    since = (datetime.now(UTC) - timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
     by_filter = await api.http.delete(
         f"{BASE}/instances/?createdTimeFrom={since}&runtimeStatus=Completed"
     )
@@ -563,7 +563,7 @@ async def test_durable_functions_client_drives_the_rpc_base(api: Api) -> None:
         everything = await client.get_status_all()
         assert {echo_id, chain_id, waiting, to_stop} <= {s.instance_id for s in everything}
         completed = await client.get_status_by(
-            created_time_from=datetime.now(timezone.utc) - timedelta(hours=1),
+            created_time_from=datetime.now(UTC) - timedelta(hours=1),
             runtime_status=[OrchestrationRuntimeStatus.Completed],
         )
         assert {s.instance_id for s in completed} == {echo_id, chain_id, waiting}
@@ -572,7 +572,7 @@ async def test_durable_functions_client_drives_the_rpc_base(api: Api) -> None:
         assert purged.instances_deleted == 1
         assert (await client.purge_instance_history(echo_id)).instances_deleted == 0
         by_filter = await client.purge_instance_history_by(
-            created_time_from=datetime.now(timezone.utc) - timedelta(hours=1),
+            created_time_from=datetime.now(UTC) - timedelta(hours=1),
             runtime_status=[OrchestrationRuntimeStatus.Terminated],
         )
         assert by_filter.instances_deleted == 1

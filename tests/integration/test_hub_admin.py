@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator, Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -76,7 +76,7 @@ def _hub_names(names: TaskHubNames, *, partitions: bool = True) -> dict[str, set
 
 
 def _write_partitions(connection_string: str, names: TaskHubNames, owner: str) -> None:
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     with TableServiceClient.from_connection_string(connection_string) as service:
         table = service.create_table_if_not_exists(names.partitions_table)
         for index, queue in enumerate(names.control_queues):
@@ -98,7 +98,7 @@ async def _fill(provider: AzureStorageProvider, connection_string: str) -> None:
     """Put something in every kind of resource of a hub."""
     await provider.start_instance("chain5", "order-1", json.dumps(1))
     await provider.send_to_instance(
-        "order-2", EventRaised(timestamp=datetime.now(timezone.utc), name="big", input="z" * 70_000)
+        "order-2", EventRaised(timestamp=datetime.now(UTC), name="big", input="z" * 70_000)
     )
     await provider.poison.container.upload("x-control-00/m.json", b"{}")
     _write_partitions(connection_string, provider.names, "worker-a")
@@ -115,7 +115,7 @@ async def test_info_of_a_running_hub(hub: Hub) -> None:
     for instance_id in [*done, failed]:
         await client.wait_for_completion(instance_id, timeout=60)
     # Parked for an hour: Pending, and its message is in its queue but invisible.
-    later = datetime.now(timezone.utc) + timedelta(hours=1)
+    later = datetime.now(UTC) + timedelta(hours=1)
     scheduled = await client.start_new("chain5", client_input=1, start_at=later)
 
     info = await hub_info(provider)
@@ -140,7 +140,7 @@ async def test_info_of_a_running_hub(hub: Hub) -> None:
     await hub.worker.stop()
     waiting = await client.start_new("chain5", client_input=1)
     queue = provider.control_queue_of(waiting).name
-    info = await hub_info(provider, now=datetime.now(timezone.utc) + timedelta(minutes=5))
+    info = await hub_info(provider, now=datetime.now(UTC) + timedelta(minutes=5))
     entry = next(q for q in info.queues if q.name == queue)
     assert entry.approximate_count == (2 if queue == parked else 1)
     assert entry.oldest_inserted_on is not None

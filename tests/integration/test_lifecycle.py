@@ -4,6 +4,7 @@ retries, and controlling instances once started."""
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC
 from typing import Any
 
 import pytest
@@ -160,9 +161,9 @@ async def test_terminate_a_running_and_a_pending_instance(hub: Hub) -> None:
     assert status.runtime_status is OrchestrationStatus.Terminated
     assert status.output == "no longer needed"
 
-    from datetime import datetime, timedelta, timezone
+    from datetime import datetime, timedelta
 
-    later = datetime.now(timezone.utc) + timedelta(seconds=3)
+    later = datetime.now(UTC) + timedelta(seconds=3)
     pending = await hub.client.start_new("chain5", client_input=1, start_at=later)
     await hub.client.terminate(pending, "cancelled before start")
     status = await hub.client.wait_for_completion(pending, timeout=60)
@@ -176,9 +177,9 @@ async def test_terminate_a_running_and_a_pending_instance(hub: Hub) -> None:
 
 
 async def test_scheduled_start_waits_and_keeps_events_raised_meanwhile(hub: Hub) -> None:
-    from datetime import datetime, timedelta, timezone
+    from datetime import datetime, timedelta
 
-    start_at = datetime.now(timezone.utc) + timedelta(seconds=2)
+    start_at = datetime.now(UTC) + timedelta(seconds=2)
     instance_id = await hub.client.start_new("waits_for_go", start_at=start_at)
     await hub.client.raise_event(instance_id, "go", "a")
     await hub.client.raise_event(instance_id, "go", "b")

@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +48,7 @@ def spawn(cs: str, hub: str, partitions: int, log: Path, out: Path) -> subproces
 def live_owners(cs: str, hub: str) -> dict[str, int | None]:
     """Control queue -> pid of its live owner (None if no live owner)."""
     table = TableServiceClient.from_connection_string(cs).get_table_client(f"{hub}Partitions")
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     owners: dict[str, int | None] = {}
     try:
         rows = list(table.query_entities("PartitionKey eq ''"))

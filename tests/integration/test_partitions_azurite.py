@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -185,7 +185,7 @@ async def test_three_workers_balance_and_survive_a_death(
         rows = sdk_rows(conn, names)
         expiry = max(rows[q]["ExpiresAt"] for q in lost)
         # Owned again within lease expiry + one acquire interval (+ slack for Azurite).
-        budget = (expiry - datetime.now(timezone.utc)).total_seconds() + FAST.acquire_interval
+        budget = (expiry - datetime.now(UTC)).total_seconds() + FAST.acquire_interval
         await wait_for(
             lambda: all(any(q in n.manager.owned for n in live) for q in lost),
             f"{sorted(lost)} (expiring {expiry:%H:%M:%S.%f}) to be owned again; "
@@ -246,7 +246,7 @@ async def test_rows_have_the_dtfx_columns(azurite: Any, task_hub: str) -> None:
             assert "CurrentOwner" not in row
             assert "ExpiresAt" not in row
 
-        before = datetime.now(timezone.utc)
+        before = datetime.now(UTC)
         assert (await a.step()).acquired == set(names.control_queues)
         for row in sdk_rows(conn, names).values():
             assert row["CurrentOwner"] == "a"
@@ -282,7 +282,7 @@ async def test_rows_have_the_dtfx_columns(azurite: Any, task_hub: str) -> None:
         with TableClient.from_connection_string(conn, names.partitions_table) as table:
             entity = table.get_entity("", names.control_queue(0))
             owner = entity["CurrentOwner"]
-            now = datetime.now(timezone.utc)
+            now = datetime.now(UTC)
             entity.update(
                 CurrentOwner="dotnet-worker",
                 OwnedSince=now,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC
 from typing import Any
 
 import pytest
@@ -78,9 +79,9 @@ def test_poison_cli_lists_requeues_and_drops(azurite: Any, task_hub: str) -> Non
         ) as client:
             await client.provider.create_if_not_exists()
             store: PoisonStore = client.provider.poison
-            from datetime import datetime, timezone
+            from datetime import datetime
 
-            now = datetime.now(timezone.utc)
+            now = datetime.now(UTC)
             queue = client.provider.control_queues[0].name
             records = []
             for i in range(2):

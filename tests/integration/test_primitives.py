@@ -13,7 +13,7 @@ import json
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
@@ -53,7 +53,7 @@ class FakeClock:
     """A settable clock for the memory account."""
 
     def __init__(self) -> None:
-        self.now = datetime(2024, 1, 1, tzinfo=timezone.utc)
+        self.now = datetime(2024, 1, 1, tzinfo=UTC)
 
     def __call__(self) -> datetime:
         return self.now
@@ -447,7 +447,7 @@ async def test_table_unbounded_query_follows_service_pages(env: Env) -> None:
 
 async def test_table_value_round_trip(env: Env) -> None:
     t = await env.table()
-    when = datetime(2024, 5, 6, 7, 8, 9, 123456, tzinfo=timezone.utc)
+    when = datetime(2024, 5, 6, 7, 8, 9, 123456, tzinfo=UTC)
     cet = timezone(timedelta(hours=2))
     props = {
         "I32": 2**31 - 1,
@@ -468,7 +468,7 @@ async def test_table_value_round_trip(env: Env) -> None:
     for name, value in props.items():
         assert got.get(name) == value, name
         assert type(got.get(name)) is type(value), name
-    assert got.get("Local").tzinfo == timezone.utc
+    assert got.get("Local").tzinfo == UTC
     by_i64, _ = await t.query(where=[Cmp("I64", Op.EQ, 2**40)])
     assert _keys(by_i64) == [("p", "r")]
     by_i64b, _ = await t.query(where=[Cmp("I64b", Op.EQ, 2**31)])

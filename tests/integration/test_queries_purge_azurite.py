@@ -18,7 +18,7 @@ import json
 import uuid
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -54,7 +54,7 @@ from durable_azure.storage.queries import (
 pytestmark = pytest.mark.azurite
 
 S = OrchestrationStatus
-T0 = datetime(2024, 5, 1, 12, 0, tzinfo=timezone.utc)
+T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 #: Storage requests in flight while seeding.
 SEED_CONCURRENCY = 32
 

@@ -22,7 +22,7 @@ import asyncio
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from durable_azure.activities import ActivityRunner
@@ -54,19 +54,19 @@ class FakeClock:
     and backs off in real time - with the wall clock, from where it stood."""
 
     def __init__(self, start: datetime | None = None) -> None:
-        self.now = start or datetime.now(timezone.utc)
+        self.now = start or datetime.now(UTC)
         self._offset: timedelta | None = None
 
     def __call__(self) -> datetime:
         if self._offset is not None:
-            return datetime.now(timezone.utc) + self._offset
+            return datetime.now(UTC) + self._offset
         return self.now
 
     def advance(self, seconds: float) -> None:
         self.now += timedelta(seconds=seconds)
 
     def follow_real_time(self) -> None:
-        self._offset = self.now - datetime.now(timezone.utc)
+        self._offset = self.now - datetime.now(UTC)
 
 
 # --- size-recording storage ----------------------------------------------------------------

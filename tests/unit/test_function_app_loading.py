@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import textwrap
 import warnings
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -153,7 +153,7 @@ def test_async_orchestrator_is_refused(tmp_path: Path) -> None:
 def df_context(spec: str, **kwargs: Any) -> tuple[Any, FunctionsOrchestrationContext]:
     adapter = load_function_app(spec)
     ctx = OrchestrationContext("inst", input_text=kwargs.get("input_text"), parent_instance_id="p")
-    ctx._current_utc_datetime = datetime(2026, 1, 2, tzinfo=timezone.utc)
+    ctx._current_utc_datetime = datetime(2026, 1, 2, tzinfo=UTC)
     return adapter, FunctionsOrchestrationContext(ctx, names=adapter._names)
 
 
@@ -185,7 +185,7 @@ def test_context_properties_follow_df() -> None:
     assert ctx.parent_instance_id == "p"
     assert ctx.get_input() == {"count": 2}
     assert ctx.get_input(expected_type=dict) == {"count": 2}
-    assert ctx.current_utc_datetime == datetime(2026, 1, 2, tzinfo=timezone.utc)
+    assert ctx.current_utc_datetime == datetime(2026, 1, 2, tzinfo=UTC)
     assert not ctx.is_replaying
     assert not ctx.will_continue_as_new
     ctx.continue_as_new({"count": 3})

@@ -18,7 +18,7 @@ import itertools
 import random
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -37,7 +37,7 @@ from durable_azure.testing.memory import MemoryStorageAccount
 from tests.unit.harness import FakeClock
 
 HUB = "PartHub"
-START = datetime(2030, 1, 1, tzinfo=timezone.utc)
+START = datetime(2030, 1, 1, tzinfo=UTC)
 OPTIONS = LeaseOptions()  # DTFx defaults: lease 30 s, renew 10 s, claim 60 s, drain 60 s
 
 
@@ -686,3 +686,33 @@ async def test_run_survives_a_failing_change_handler() -> None:
         await asyncio.gather(task, return_exceptions=True)
     assert next(calls) >= 2  # acquired, then draining (and released)
     assert manager.owned == set()
+
+
+async def test_cancelling_run_always_stops_it() -> None:
+    """Worker.stop() cancels the lease loop and waits for it. A cancellation that lands
+    just as a step finishes must still end the loop (asyncio.wait_for on Python 3.11
+    swallowed it there, and the loop outlived its worker: stop() hung)."""
+    account = MemoryStorageAccount()
+    names = TaskHubNames(HUB, 2)
+    manager = PartitionManager.for_account(account, names, "a", options=FAST)
+    await manager.create_rows()
+    stop = asyncio.Event()
+
+    async def on_change(changes: PartitionChanges) -> None:
+        return None
+
+    still_running = 0
+    for attempt in range(200):
+        task = asyncio.create_task(manager.run(on_change, stop))
+        # Land the cancel at many different points of the step (each storage operation
+        # yields to the loop once).
+        for _ in range(attempt % 12):
+            await asyncio.sleep(0)
+        task.cancel()
+        done, _ = await asyncio.wait({task}, timeout=1.0)
+        if not done:
+            still_running += 1
+            stop.set()  # let it end before the next attempt
+            await asyncio.gather(task, return_exceptions=True)
+            stop.clear()
+    assert still_running == 0, f"{still_running} of 200 cancelled loops kept running"

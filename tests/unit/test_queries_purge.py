@@ -12,7 +12,7 @@ import uuid
 from collections import Counter
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
@@ -41,7 +41,7 @@ from durable_azure.storage.queries import (
 from durable_azure.testing.memory import MemoryStorageAccount
 
 S = OrchestrationStatus
-T0 = datetime(2024, 5, 1, 12, 0, tzinfo=timezone.utc)
+T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 TERMINAL = (S.Completed, S.Failed, S.Terminated, S.Canceled)
 NOT_TERMINAL = (S.Pending, S.Running, S.Suspended, S.ContinuedAsNew)
 
@@ -240,7 +240,7 @@ def test_query_normalizes_statuses_and_times() -> None:
     assert query.runtime_status == (S.Running, S.Failed)
     assert query.created_time_from == T0
     assert query.created_time_from is not None
-    assert query.created_time_from.tzinfo is timezone.utc
+    assert query.created_time_from.tzinfo is UTC
 
 
 def test_prefix_range_increments_the_last_escaped_character() -> None:

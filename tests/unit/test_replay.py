@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import random
 from collections.abc import Generator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +49,7 @@ def recording(name: str) -> dict[str, Any]:
 
 def at(second: int, minute: int = 0) -> datetime:
     """2024-05-01T10:MM:SSZ, the clock of the recorded experiments."""
-    return datetime(2024, 5, 1, 10, minute, second, tzinfo=timezone.utc)
+    return datetime(2024, 5, 1, 10, minute, second, tzinfo=UTC)
 
 
 def recorded_builder(instance_id: str = "inst-0002") -> HistoryBuilder:
@@ -646,7 +646,7 @@ def test_current_utc_datetime_is_utc_aware_for_naive_history_timestamps() -> Non
         ExecutionStarted(timestamp=naive, name="clock", instance_id="naive", execution_id="e")
     )
     builder.run(make_clock_orchestrator(seen))
-    assert seen == [naive.replace(tzinfo=timezone.utc)]
+    assert seen == [naive.replace(tzinfo=UTC)]
 
 
 # --- is_replaying ----------------------------------------------------------------------------

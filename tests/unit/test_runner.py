@@ -13,7 +13,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from harness import Harness
+from harness import VISIBILITY, Harness
 
 from durable_azure.engine import serialization
 from durable_azure.engine.context import OrchestrationContext
@@ -28,7 +28,7 @@ from durable_azure.engine.history import (
     TimerFired,
 )
 from durable_azure.errors import InstanceAlreadyExistsError, TaskFailedError
-from durable_azure.runner import MAX_ORPHAN_DEQUEUES
+from durable_azure.runner import MAX_ORPHAN_DEQUEUES, EpisodeRunner
 from durable_azure.storage.messages import TaskMessage
 from durable_azure.storage.names import (
     MAX_INLINE_MESSAGE_BYTES,
@@ -38,7 +38,7 @@ from durable_azure.storage.names import (
     escape_key,
 )
 from durable_azure.storage.provider import Outbound
-from durable_azure.storage.queues import abandon_delay
+from durable_azure.storage.queues import ReceivedMessage, abandon_delay
 
 Orch = Generator[Any, Any, Any]
 
@@ -518,3 +518,61 @@ async def test_unsupported_dtfx_event_does_not_wedge_the_instance(h: Harness) ->
     assert await control_count(h, "inst") == 0
     await h.drain()
     await h.assert_completed("inst", 13)
+
+
+# --- a history cached by a worker that lost the partition meanwhile --------------------------
+
+
+async def run_episodes_with(h: Harness, runner: EpisodeRunner) -> None:
+    """One poll of every control queue, processed by ``runner`` (another worker)."""
+    for queue in h.provider.control_queues:
+        received, _ = await queue.receive(32, VISIBILITY)
+        by_instance: dict[str, list[ReceivedMessage]] = {}
+        for message in received:
+            by_instance.setdefault(message.message.instance_id, []).append(message)
+        for instance_id, batch in by_instance.items():
+            await runner.process(instance_id, batch)
+
+
+def other_worker(h: Harness) -> EpisodeRunner:
+    return EpisodeRunner(h.provider, h.orchestrators.get, clock=h.clock)
+
+
+async def test_a_stale_cached_history_does_not_defer_a_response(h: Harness) -> None:
+    await h.start("chain", "inst", 10)
+    await h.run_episodes()  # worker A: schedules task 0 and caches that history
+    await h.run_activities()
+    await run_episodes_with(h, other_worker(h))  # worker B: applies it, schedules task 1
+    await h.run_activities()  # task 1's response
+
+    await h.run_episodes()  # back at A, whose cached history has no task 1
+
+    events = await h.history("inst")
+    assert len(completions_of(events, 1)) == 1  # applied now, not deferred with backoff
+    assert any(isinstance(e, TaskScheduled) and e.event_id == 2 for e in events)
+    await h.drain()
+    await h.assert_completed("inst", 13)
+
+
+async def test_a_stale_cached_history_does_not_delete_a_newer_executions_message(
+    h: Harness,
+) -> None:
+    await h.start("chain", "inst", 10)
+    await h.run_episodes()  # worker A caches execution 1 while it runs
+    b = other_worker(h)
+    for _ in range(3):  # worker B finishes execution 1
+        await h.run_activities()
+        await run_episodes_with(h, b)
+    await h.assert_completed("inst", 13)
+    await h.start("chain", "inst", 20)  # a restart: execution 2
+    await run_episodes_with(h, b)  # B starts it and schedules its task 0
+    second = await execution_of(h, "inst")
+    await h.run_activities()  # task 0's response, for execution 2
+
+    await h.run_episodes()  # at A, whose cache still says execution 1 is current
+
+    events = await h.history("inst")
+    assert (await execution_of(h, "inst")) == second
+    assert [e.result for e in completions_of(events, 0)] == ["21"]  # applied, not deleted
+    await h.drain()
+    await h.assert_completed("inst", 23)

@@ -10,7 +10,7 @@ import base64
 import json
 import random
 import re
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
@@ -64,7 +64,7 @@ from durable_azure.storage.names import (
 )
 from durable_azure.storage.primitives import MAX_TRANSACTION_OPS
 
-T0 = datetime(2024, 5, 1, 10, 0, 1, 123456, tzinfo=timezone.utc)
+T0 = datetime(2024, 5, 1, 10, 0, 1, 123456, tzinfo=UTC)
 EXEC = "e0000000000000000000000000000001"
 
 
@@ -619,10 +619,10 @@ def test_message_body_is_raw_utf8_json() -> None:
     ("value", "text"),
     [
         (
-            datetime(2024, 5, 1, 10, 0, 1, 123456, tzinfo=timezone.utc),
+            datetime(2024, 5, 1, 10, 0, 1, 123456, tzinfo=UTC),
             "2024-05-01T10:00:01.1234560Z",
         ),
-        (datetime(2024, 5, 1, 10, 0, 1, tzinfo=timezone.utc), "2024-05-01T10:00:01.0000000Z"),
+        (datetime(2024, 5, 1, 10, 0, 1, tzinfo=UTC), "2024-05-01T10:00:01.0000000Z"),
         (
             datetime(2024, 5, 1, 12, 0, 1, tzinfo=timezone(timedelta(hours=2))),
             "2024-05-01T10:00:01.0000000Z",
@@ -637,14 +637,14 @@ def test_format_timestamp(value: datetime, text: str) -> None:
 @pytest.mark.parametrize(
     ("text", "value"),
     [
-        ("2024-05-01T10:00:01Z", datetime(2024, 5, 1, 10, 0, 1, tzinfo=timezone.utc)),
-        ("2024-05-01T10:00:01.5Z", datetime(2024, 5, 1, 10, 0, 1, 500000, tzinfo=timezone.utc)),
+        ("2024-05-01T10:00:01Z", datetime(2024, 5, 1, 10, 0, 1, tzinfo=UTC)),
+        ("2024-05-01T10:00:01.5Z", datetime(2024, 5, 1, 10, 0, 1, 500000, tzinfo=UTC)),
         (
             "2024-05-01T10:00:01.12345678Z",
-            datetime(2024, 5, 1, 10, 0, 1, 123456, tzinfo=timezone.utc),
+            datetime(2024, 5, 1, 10, 0, 1, 123456, tzinfo=UTC),
         ),
-        ("2024-05-01T10:00:01", datetime(2024, 5, 1, 10, 0, 1, tzinfo=timezone.utc)),
-        ("2024-05-01T12:00:01+02:00", datetime(2024, 5, 1, 10, 0, 1, tzinfo=timezone.utc)),
+        ("2024-05-01T10:00:01", datetime(2024, 5, 1, 10, 0, 1, tzinfo=UTC)),
+        ("2024-05-01T12:00:01+02:00", datetime(2024, 5, 1, 10, 0, 1, tzinfo=UTC)),
     ],
 )
 def test_parse_timestamp(text: str, value: datetime) -> None:
@@ -740,7 +740,7 @@ def test_decode_dtfx_sample_base64_assembly_qualified() -> None:
     body = base64.b64encode(json.dumps(DTFX_COMPLETED).encode("utf-8")).decode("ascii")
     message = messages.decode(messages.parse_envelope(body))
     assert message.event == TaskCompleted(
-        timestamp=datetime(2024, 5, 1, 10, 0, 3, 123456, tzinfo=timezone.utc),
+        timestamp=datetime(2024, 5, 1, 10, 0, 3, 123456, tzinfo=UTC),
         task_scheduled_id=2,
         result='"Hello Tokyo!"',
     )
@@ -755,7 +755,7 @@ def test_decode_dtfx_sample_base64_assembly_qualified() -> None:
 def test_decode_dtfx_execution_started_sample() -> None:
     message = messages.decode(messages.parse_envelope(json.dumps(DTFX_STARTED)))
     assert message.event == ExecutionStarted(
-        timestamp=datetime(2024, 5, 1, 10, 0, 1, tzinfo=timezone.utc),
+        timestamp=datetime(2024, 5, 1, 10, 0, 1, tzinfo=UTC),
         name="HelloCities",
         instance_id="b2d6e3f0a1",
         execution_id="0a3b4c5d6e7f48e9a0b1c2d3e4f5a6b7",

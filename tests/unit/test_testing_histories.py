@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Generator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +48,7 @@ def test_builder_reproduces_the_recorded_timeline() -> None:
     # exp2_ids_run1's history, event by event: types, ids and timestamps.
     recorded = json.loads((RESULTS / "exp2_ids_run1.json").read_text())["input"]["history"]
     built = (
-        HistoryBuilder("inst-0002", start=datetime(2024, 5, 1, 10, 0, 1, tzinfo=timezone.utc))
+        HistoryBuilder("inst-0002", start=datetime(2024, 5, 1, 10, 0, 1, tzinfo=UTC))
         .started("Orch", "seed")
         .scheduled(0, "Hello", "x")
         .end_episode()
@@ -82,7 +82,7 @@ def test_started_opens_the_first_episode_only_on_an_empty_builder() -> None:
 
 
 def test_clock_moves_by_step_and_can_be_set() -> None:
-    start = datetime(2030, 1, 1, tzinfo=timezone.utc)
+    start = datetime(2030, 1, 1, tzinfo=UTC)
     builder = HistoryBuilder(start=start, step=timedelta(minutes=1)).started("o")
     assert builder.now == start + timedelta(minutes=2)
     builder.advance(timedelta(hours=1)).end_episode()
@@ -92,7 +92,7 @@ def test_clock_moves_by_step_and_can_be_set() -> None:
         start,
         start + timedelta(minutes=1),
         start + timedelta(hours=1, minutes=2),
-        datetime(2030, 1, 2, tzinfo=timezone.utc),
+        datetime(2030, 1, 2, tzinfo=UTC),
     ]
 
 
@@ -106,7 +106,7 @@ def test_failed_records_reason_details_and_failure_details() -> None:
 
 
 def test_timer_fired_takes_fire_at_from_timer_created() -> None:
-    fire_at = datetime(2024, 5, 1, 11, tzinfo=timezone.utc)
+    fire_at = datetime(2024, 5, 1, 11, tzinfo=UTC)
     events = HistoryBuilder().timer_created(4, fire_at).timer_fired(4).build()
     fired = events[1]
     assert isinstance(fired, TimerFired)
