@@ -1,15 +1,48 @@
-"""Benchmarks against Azurite, printed as a table (and written as JSON with --json).
+"""The benchmark suite of issue 6, against Azurite; prints a table, optionally writes JSON.
 
-    python bench/run.py [--quick] [--json FILE] [--instances N] [--connection CS]
+    python bench/run.py [--quick | --smoke] [--json FILE] [--connection CS]
+                        [--only NAME,NAME...] [--instances N]
 
-Scenario ``hello_sequence5``: N instances (default 200) of five sequential activities,
-all started at once, run by ONE worker process. Reported: orchestrations/s and
-activities/s (first start to last completion), start-to-completion latency p50/p99
-(from the Instances row's CreatedTime and CompletedTime), the storage operations per
-orchestration by kind as counted by the worker's and the client's own provider (the
-client's polling for completion is excluded), and worker CPU seconds per orchestration.
+An Azurite is started on free ports for the run, unless ``--connection`` names storage to
+use. Every scenario runs on a task hub of its own (``bench`` + random hex, deleted
+afterwards), executed by separate worker processes (``bench/worker_main.py``: the apps of
+``bench/apps.py``, the engine's default worker options but a 10 s shutdown grace); it
+starts once the workers own all partitions, evenly. The client runs in this process.
+Times are the Instances rows' CreatedTime (written by the client) and CompletedTime
+(written by the worker). Sizes below are given as full / ``--quick`` / ``--smoke``.
 
-Azurite is started on a free port for the run (or ``--connection`` names a running one).
+Scenarios (``--only`` takes these names):
+
+* ``hello_sequence5``: N HelloSequence5 (five sequential activities) started at once on one
+  worker (1000 / 200 / 20; ``--instances N``): orchestrations/s and activities/s (first
+  CreatedTime to last CompletedTime), start-to-completion latency p50/p99. Also gives
+  ``storage_ops_per_orchestration`` (the worker's storage requests as counted by its
+  provider plus the client's requests to start the instances, *_admin kinds excluded;
+  ``total`` and each kind that occurred, blob kinds summed as ``blob``) and
+  ``cpu_s_per_orchestration`` (the worker's user + system CPU seconds). The worker's
+  counters are read 0.5 s after the last instance finished.
+* ``single``: one HelloSequence5 at a time on an idle worker, the row polled every 20 ms
+  (50 / 20 / 3 runs): latency p50/p99.
+* ``fanout_1000``, ``fanout_10000``: one orchestration fanning out N trivial activities
+  and summing their results (checked): seconds from CreatedTime to CompletedTime.
+  ``--quick`` and ``--smoke`` skip fanout_10000 (null); ``--smoke`` fans out 50, reported
+  under fanout_1000 with ``n`` = 50.
+* ``external_events``: one orchestration waiting for N events one after another; once it
+  runs, the client raises them, 16 in flight (1000 / 200 / 20): events/s from the first
+  raise to the CompletedTime.
+* ``idle``: one worker, 3 s after it has taken its partition leases, left idle
+  (300 / 60 / 3 s): its storage requests scaled to one hour; then one HelloSequence5 is
+  started: ms from its CreatedTime to the timestamp of its first OrchestratorStarted.
+* ``workers_3_vs_1``: HelloSequence5 throughput (as above) on 6 partitions with three
+  worker processes (once they own 2 partitions each) divided by that with one
+  (600 / 150 / 30 instances). ``--smoke`` gives these workers 6 s partition leases (not
+  the engine's default) so that they balance in seconds.
+
+The table has one line per figure: value, issue 6's target and whether it is met
+(``bench/report.py``, ``TARGETS``). The exit code is 0 whether or not targets are met;
+1 if a scenario failed (an instance failed or did not finish in the scenario's time
+limit, a wrong result, a worker process died); 2 for bad arguments. ``--json FILE``
+writes the figures (the keys of :data:`RESULT_KEYS`; a scenario not run is null).
 Numbers are Azurite-on-this-machine numbers, not Azure numbers.
 """
 
@@ -17,163 +50,174 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import dataclasses
 import json
 import os
-import signal
-import subprocess
 import sys
-import tempfile
 import time
-import uuid
+import traceback
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from durable_azure import DurableClient, OrchestrationStatus  # noqa: E402
-from durable_azure import azurite as azurite_tool  # noqa: E402
-from durable_azure.settings import StorageSettings  # noqa: E402
-from durable_azure.storage.primitives import AnyOf, Cmp, Op  # noqa: E402
-from durable_azure.testing.hub_cleanup import delete_hub_resources  # noqa: E402
+from bench import report
+from bench.scenarios import FULL, QUICK, SCENARIOS, SMOKE, Scenario, Sizes
+from bench.workers import BenchError
+from durable_azure import azurite as azurite_tool
+
+#: The keys of the results, in order; the scenario that produces each.
+RESULT_KEYS: dict[str, str] = {
+    "hello_sequence5": "hello_sequence5",
+    "storage_ops_per_orchestration": "hello_sequence5",
+    "cpu_s_per_orchestration": "hello_sequence5",
+    "single": "single",
+    "fanout_1000": "fanout_1000",
+    "fanout_10000": "fanout_10000",
+    "external_events": "external_events",
+    "idle": "idle",
+    "workers_3_vs_1": "workers_3_vs_1",
+    "machine": "",
+}
+SCENARIO_BY_NAME = {s.name: s for s in SCENARIOS}
 
 
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    if not ordered:
-        return float("nan")
-    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
-    return ordered[index]
-
-
-class WorkerProcess:
-    """The benchmark worker, in its own process (so the client does not share its GIL)."""
-
-    def __init__(self, connection: str, task_hub: str) -> None:
-        self.stats_file = Path(tempfile.mkdtemp(prefix="durable-bench-")) / "stats.json"
-        self.process = subprocess.Popen(
-            [
-                sys.executable,
-                str(ROOT / "bench" / "worker_main.py"),
-                connection,
-                task_hub,
-                str(self.stats_file),
-            ],
-            cwd=ROOT,
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_true", help="smaller sizes, no fanout_10000")
+    size.add_argument("--smoke", action="store_true", help="tiny sizes (a CI smoke test)")
+    parser.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
+    parser.add_argument("--connection", help="use this storage instead of a fresh Azurite")
+    parser.add_argument("--only", metavar="NAMES", help="comma-separated scenarios to run")
+    parser.add_argument("--instances", type=int, help="HelloSequence5 instances (1000)")
+    args = parser.parse_args(argv)
+    names = args.only.split(",") if args.only else list(SCENARIO_BY_NAME)
+    unknown = sorted(set(names) - set(SCENARIO_BY_NAME))
+    if unknown:
+        parser.error(
+            f"unknown scenario(s) {', '.join(unknown)}; known: {', '.join(SCENARIO_BY_NAME)}"
         )
-        deadline = time.monotonic() + 60
-        while not Path(str(self.stats_file) + ".ready").exists():
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("the benchmark worker did not start")
-            time.sleep(0.05)
-
-    def reset_counters(self) -> None:
-        self.process.send_signal(signal.SIGUSR1)
-        time.sleep(0.2)
-
-    def stop(self) -> dict[str, Any]:
-        self.process.send_signal(signal.SIGTERM)
-        self.process.wait(timeout=60)
-        return dict(json.loads(self.stats_file.read_text()))
+    if args.instances is not None and args.instances < 1:
+        parser.error("--instances must be at least 1")
+    args.only = names
+    return args
 
 
-async def hello_sequence5(connection: str, instances: int) -> dict[str, Any]:
-    task_hub = "bench" + uuid.uuid4().hex[:10]
-    settings = StorageSettings.resolve(connection_string=connection, task_hub=task_hub)
-    worker = WorkerProcess(connection, task_hub)
+def sizes_for(args: argparse.Namespace) -> Sizes:
+    sizes = SMOKE if args.smoke else QUICK if args.quick else FULL
+    if args.instances is not None:
+        sizes = dataclasses.replace(sizes, hello_instances=args.instances)
+    return sizes
+
+
+def skip_reason(scenario: Scenario, args: argparse.Namespace, sizes: Sizes) -> str | None:
+    if scenario.name not in args.only:
+        return "skipped (--only)"
+    if scenario.name == "fanout_10000" and sizes.fanout_large is None:
+        return "skipped (--smoke)" if args.smoke else "skipped (--quick)"
+    return None
+
+
+class ScenarioFailed(RuntimeError):
+    """A scenario failed; the message names it."""
+
+
+async def run_scenario(scenario: Scenario, connection: str, sizes: Sizes) -> dict[str, Any]:
+    """Run one scenario within its time limit; raise :class:`ScenarioFailed` if it fails."""
+    limit = scenario.timeout(sizes)
+    started = time.monotonic()
+    print(f"running {scenario.name}...", file=sys.stderr, flush=True)
     try:
-        async with DurableClient.from_settings(settings) as client:
-            await client.provider.create_if_not_exists()
-            worker.reset_counters()
-            client.provider.account.stats.reset()
-            started = time.time()
-            ids = [f"hs5-{i:05d}" for i in range(instances)]
-            await asyncio.gather(*(client.start_new("hello_sequence5", i) for i in ids))
-            start_ops = client.provider.account.stats.snapshot()
-            table = client.provider.instances.table
-            done_filter = [
-                AnyOf(tuple(Cmp("RuntimeStatus", Op.EQ, s) for s in ("Completed", "Failed")))
-            ]
-            while True:
-                rows, _ = await table.query(where=done_filter, select=["RuntimeStatus"])
-                if len(rows) >= instances:
-                    break
-                if time.time() - started > 600:
-                    raise RuntimeError(f"only {len(rows)}/{instances} finished in 600 s")
-                await asyncio.sleep(0.25)
-            rows, _ = await table.query(select=["RuntimeStatus", "CreatedTime", "CompletedTime"])
-    finally:
-        worker_stats = worker.stop()
-        delete_hub_resources(connection, task_hub)
-    failed = [r for r in rows if r.get("RuntimeStatus") != OrchestrationStatus.Completed.name]
-    if failed:
-        raise RuntimeError(f"{len(failed)} orchestrations did not complete")
-    latencies = [
-        (r.get("CompletedTime") - r.get("CreatedTime")).total_seconds() * 1000 for r in rows
-    ]
-    first = min(r.get("CreatedTime") for r in rows)
-    last = max(r.get("CompletedTime") for r in rows)
-    elapsed = (last - first).total_seconds()
-    ops: dict[str, int] = {}
-    for source in (worker_stats["ops"], start_ops):
-        for kind, count in source.items():
-            if not kind.endswith("_admin"):
-                ops[kind] = ops.get(kind, 0) + count
+        async with asyncio.timeout(limit) as deadline:
+            figures = await scenario.run(connection, sizes)
+    except Exception as exc:
+        if isinstance(exc, TimeoutError) and deadline.expired():
+            message = f"did not finish within its time limit of {limit:.0f} s"
+            raise ScenarioFailed(f"scenario {scenario.name} {message}") from None
+        if not isinstance(exc, BenchError):
+            traceback.print_exc(file=sys.stderr)
+        raise ScenarioFailed(f"scenario {scenario.name} failed: {exc}") from exc
+    print(f"  {scenario.name}: {time.monotonic() - started:.1f} s", file=sys.stderr, flush=True)
+    return figures
+
+
+async def run_all(
+    connection: str, args: argparse.Namespace, sizes: Sizes
+) -> tuple[dict[str, Any], dict[str, str], bool]:
+    """Every scenario in turn: the results, a note per key not filled, and whether one failed."""
+    results: dict[str, Any] = dict.fromkeys(RESULT_KEYS)
+    notes: dict[str, str] = {}
+    failed = False
+    for scenario in SCENARIOS:
+        owned = [key for key, owner in RESULT_KEYS.items() if owner == scenario.name]
+        reason = skip_reason(scenario, args, sizes)
+        if reason is None:
+            try:
+                results.update(await run_scenario(scenario, connection, sizes))
+                continue
+            except ScenarioFailed as exc:
+                print(str(exc), file=sys.stderr, flush=True)
+                failed = True
+                reason = f"FAILED: {exc}"
+        notes.update(dict.fromkeys(owned, reason))
+    return results, notes, failed
+
+
+@contextlib.contextmanager
+def storage(connection: str | None) -> Iterator[str]:
+    """The given connection string, or that of an Azurite started for the run."""
+    if connection:
+        yield connection
+        return
+    host = azurite_tool.DEFAULT_HOST
+    ports = azurite_tool.AzuritePorts.from_base(azurite_tool.find_free_port_base(host))
+    with azurite_tool.AzuriteProcess(host=host, ports=ports) as emulator:
+        yield emulator.connection_string
+
+
+def azurite_version(connection: str) -> str | None:
+    """Azurite's version from its ``Server`` header (None if it is not Azurite)."""
+    parts = dict(p.split("=", 1) for p in connection.split(";") if "=" in p)
+    endpoint = parts.get("BlobEndpoint")
+    if endpoint is None and parts.get("UseDevelopmentStorage") == "true":
+        endpoint = f"http://127.0.0.1:{azurite_tool.DEFAULT_BLOB_PORT}/devstoreaccount1"
+    if endpoint is None or not endpoint.startswith("http"):
+        return None
+    try:
+        with urllib.request.urlopen(endpoint.rstrip("/") + "?comp=list", timeout=5) as answer:
+            server = answer.headers.get("Server", "")
+    except urllib.error.HTTPError as error:  # no credentials: 403, but with the header
+        server = error.headers.get("Server", "")
+    except OSError:
+        return None
+    return server.split("/", 1)[1] if server.startswith("Azurite") and "/" in server else None
+
+
+def machine(connection: str) -> dict[str, Any]:
     return {
-        "instances": instances,
-        "seconds": round(elapsed, 3),
-        "orchestrations_per_s": round(instances / elapsed, 2),
-        "activities_per_s": round(5 * instances / elapsed, 2),
-        "latency_ms": {
-            "p50": round(percentile(latencies, 50), 1),
-            "p99": round(percentile(latencies, 99), 1),
-        },
-        "storage_ops_per_orchestration": {
-            "total": round(sum(ops.values()) / instances, 2),
-            **{k: round(v / instances, 2) for k, v in sorted(ops.items())},
-        },
-        "cpu_s_per_orchestration": round(worker_stats["cpu_s"] / instances, 4),
+        "cpus": os.cpu_count(),
+        "python": sys.version.split()[0],
+        "azurite": azurite_version(connection),
     }
 
 
-def print_table(results: dict[str, Any]) -> None:
-    hs = results["hello_sequence5"]
-    print(f"\nhello_sequence5 x {hs['instances']} (one worker process, Azurite)")
-    print(f"  orchestrations/s   {hs['orchestrations_per_s']:>10}")
-    print(f"  activities/s       {hs['activities_per_s']:>10}")
-    print(f"  latency p50 (ms)   {hs['latency_ms']['p50']:>10}")
-    print(f"  latency p99 (ms)   {hs['latency_ms']['p99']:>10}")
-    print(f"  worker CPU s/orch  {hs['cpu_s_per_orchestration']:>10}")
-    print("  storage ops per orchestration:")
-    for kind, value in hs["storage_ops_per_orchestration"].items():
-        print(f"    {kind:<16} {value:>8}")
-
-
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="a short run (50 instances)")
-    parser.add_argument("--instances", type=int, help="HelloSequence5 instances (default 200)")
-    parser.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
-    parser.add_argument("--connection", help="use this storage instead of a fresh Azurite")
-    args = parser.parse_args()
-    instances = args.instances or (50 if args.quick else 200)
-
-    def run(connection: str) -> dict[str, Any]:
-        return {"hello_sequence5": asyncio.run(hello_sequence5(connection, instances))}
-
-    if args.connection:
-        results = run(args.connection)
-    else:
-        host = azurite_tool.DEFAULT_HOST
-        ports = azurite_tool.AzuritePorts.from_base(azurite_tool.find_free_port_base(host))
-        with azurite_tool.AzuriteProcess(host=host, ports=ports) as emulator:
-            results = run(emulator.connection_string)
-    results["machine"] = {"cpus": os.cpu_count(), "python": sys.version.split()[0]}
-    print_table(results)
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    sizes = sizes_for(args)
+    with storage(args.connection) as connection:
+        results, notes, failed = asyncio.run(run_all(connection, args, sizes))
+        results["machine"] = machine(connection)
+    print()
+    print(report.render(results, notes))
     if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2))
+        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
         print(f"\nwrote {args.json}")
-    return 0
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

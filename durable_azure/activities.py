@@ -19,7 +19,6 @@ from typing import Any
 from durable_azure.engine import serialization
 from durable_azure.engine.history import (
     FailureDetails,
-    HistoryEvent,
     TaskCompleted,
     TaskFailed,
     TaskScheduled,
@@ -52,7 +51,9 @@ class ActivityRunner:
         self.visibility_timeout = visibility_timeout
         self.max_dequeue_count = max_dequeue_count
 
-    async def execute(self, name: str, input_text: str | None, task_id: int) -> HistoryEvent:
+    async def execute(
+        self, name: str, input_text: str | None, task_id: int
+    ) -> TaskCompleted | TaskFailed:
         """Run activity ``name``; returns its TaskCompleted or TaskFailed for ``task_id``."""
         now = datetime.now(UTC)
         try:

@@ -14,7 +14,8 @@ import asyncio
 import logging
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -37,6 +38,8 @@ from durable_azure.engine.history import (
     OrchestratorCompleted,
     OrchestratorStarted,
     ParentInstance,
+    TaskCompleted,
+    TaskFailed,
     TaskScheduled,
     TimerFired,
 )
@@ -69,6 +72,51 @@ _EARLY = timedelta(seconds=1)
 
 #: How many instances' histories a worker keeps in memory between episodes.
 DEFAULT_HISTORY_CACHE_SIZE = 1000
+
+#: The tag (a DTFx ``TaskScheduled.Tags`` entry) on an activity that the worker running the
+#: orchestration ran in-process instead of sending it to the work-item queue.
+DISPATCH_TAG = "durable-azure.dispatch"
+DISPATCH_LOCAL = "local"
+
+
+@dataclass(frozen=True, slots=True)
+class LocalTask:
+    """An activity the caller must run in-process and hand back as a :class:`LocalResult`."""
+
+    instance_id: str
+    execution_id: str
+    scheduled: TaskScheduled
+
+
+@dataclass(frozen=True, slots=True)
+class LocalResult:
+    """The outcome of a :class:`LocalTask`, for the instance's next episode."""
+
+    execution_id: str
+    event: TaskCompleted | TaskFailed
+
+
+@dataclass
+class EpisodeOutcome:
+    """What the caller of :meth:`EpisodeRunner.process` must do next.
+
+    Attributes:
+        local: activities to run in this process now.
+        anchor: a message of the instance kept hidden (not deleted) while local activities
+            run: the caller renews its visibility and passes it to the next ``process``
+            call. If this process dies, the anchor reappears and whoever receives it runs
+            the instance's unfinished local activities again (see docs/design.md).
+    """
+
+    local: list[LocalTask] = field(default_factory=list)
+    anchor: ReceivedMessage | None = None
+
+
+def is_local(event: HistoryEvent) -> bool:
+    """True for a TaskScheduled that was dispatched in-process."""
+    return (
+        isinstance(event, TaskScheduled) and (event.tags or {}).get(DISPATCH_TAG) == DISPATCH_LOCAL
+    )
 
 
 def _utcnow() -> datetime:
@@ -105,18 +153,29 @@ class HistoryCache:
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
-        self._entries: OrderedDict[str, LoadedHistory] = OrderedDict()
+        self._entries: OrderedDict[str, tuple[LoadedHistory, tuple[Any, Any] | None]] = (
+            OrderedDict()
+        )
 
     def get(self, instance_id: str) -> LoadedHistory | None:
         entry = self._entries.get(instance_id)
-        if entry is not None:
-            self._entries.move_to_end(instance_id)
-        return entry
+        if entry is None:
+            return None
+        self._entries.move_to_end(instance_id)
+        return entry[0]
 
-    def put(self, instance_id: str, history: LoadedHistory) -> None:
+    def row_of(self, instance_id: str) -> tuple[Any, Any] | None:
+        """(RuntimeStatus, CustomStatus) as this worker last wrote them to the Instances
+        row along with the cached history, if it did."""
+        entry = self._entries.get(instance_id)
+        return entry[1] if entry is not None else None
+
+    def put(
+        self, instance_id: str, history: LoadedHistory, *, row: tuple[Any, Any] | None = None
+    ) -> None:
         if self.capacity <= 0:
             return
-        self._entries[instance_id] = history
+        self._entries[instance_id] = (history, row)
         self._entries.move_to_end(instance_id)
         while len(self._entries) > self.capacity:
             self._entries.popitem(last=False)
@@ -150,9 +209,27 @@ class EpisodeRunner:
         # clock shared with the in-memory storage to exercise days-long timers).
         self.clock = clock
 
-    async def process(self, instance_id: str, batch: list[ReceivedMessage]) -> None:
-        """Run one episode for ``batch`` (all messages of one instance). Never raises for
-        storage trouble: the messages are abandoned and come back later."""
+    async def process(
+        self,
+        instance_id: str,
+        batch: list[ReceivedMessage],
+        *,
+        results: Sequence[LocalResult] = (),
+        anchor: ReceivedMessage | None = None,
+        running: AbstractSet[int] = frozenset(),
+        run_locally: Callable[[str], bool] | None = None,
+    ) -> EpisodeOutcome:
+        """Run one episode for ``batch`` (messages of one instance) and ``results`` (of
+        activities this process ran for it). Never raises for storage trouble: the
+        messages (and the anchor) are abandoned and come back later.
+
+        Args:
+            anchor: the message kept by the previous outcome, while local activities run.
+            running: task ids of this instance's local activities still running here.
+            run_locally: asked once per new activity (by name): True if the caller takes
+                it in-process (it has the function and room for it). None: every new
+                activity goes to the work-item queue.
+        """
         log_extra = {"instance_id": instance_id}
         poisoned = [m for m in batch if m.dequeue_count > self.max_dequeue_count]
         if poisoned:
@@ -164,14 +241,15 @@ class EpisodeRunner:
                 # name) against a fresh history, so nothing is lost or done twice.
                 self.cache.drop(instance_id)
                 logger.warning("could not set aside poison messages: %s", exc, extra=log_extra)
-        if not batch:
-            return
+        if not batch and not results:
+            return EpisodeOutcome(anchor=anchor)
+        held = [*batch, anchor] if anchor is not None else batch
         try:
-            await self._process(instance_id, batch)
+            return await self._process(instance_id, batch, results, anchor, running, run_locally)
         except SessionAbortedError as exc:
             logger.warning("%s", exc, extra=log_extra)
             self.cache.drop(instance_id)
-            await _abandon_all(batch, delay=1.0)
+            await _abandon_all(held, delay=1.0)
         except (TimeoutError, StorageError, OSError) as exc:
             logger.warning(
                 "episode of %s failed on storage, messages abandoned: %s",
@@ -180,7 +258,7 @@ class EpisodeRunner:
                 extra=log_extra,
             )
             self.cache.drop(instance_id)
-            await _abandon_all(batch)
+            await _abandon_all(held)
         except Exception:
             # A bug or a payload this version cannot handle: keep the messages (never
             # drop them) and retry with a growing delay rather than in a tight loop.
@@ -190,9 +268,20 @@ class EpisodeRunner:
                 extra=log_extra,
             )
             self.cache.drop(instance_id)
-            await _abandon_all(batch)
+            await _abandon_all(held)
+        # This episode's results are lost with it; the abandoned anchor (or message) brings
+        # the instance back, and its unfinished local activities then run again.
+        return EpisodeOutcome()
 
-    async def _process(self, instance_id: str, batch: list[ReceivedMessage]) -> None:
+    async def _process(
+        self,
+        instance_id: str,
+        batch: list[ReceivedMessage],
+        results: Sequence[LocalResult],
+        anchor: ReceivedMessage | None,
+        running: AbstractSet[int],
+        run_locally: Callable[[str], bool] | None,
+    ) -> EpisodeOutcome:
         batch = sorted(batch, key=lambda m: (m.raw.inserted_on, m.message.sequence_number))
         cached = self.cache.get(instance_id)
         history = cached or await self.provider.load_history(instance_id)
@@ -208,17 +297,25 @@ class EpisodeRunner:
         history = triage.history
         await _gather(m.queue.abandon(m.raw, delay) for m, delay in triage.defer)
         await _gather(self._send_again_later(m) for m in triage.early)
+        fresh = _fresh_results(history, results)
+        # Local activities of this instance that no process runs any more (the process that
+        # took them died or lost the partition) run here, again.
+        here = {*running, *(e.task_scheduled_id for e in fresh)}
+        orphans = [] if triage.new_start else _orphaned_local_tasks(instance_id, history, here)
         if triage.rewind is not None:
-            await self._rewind(instance_id, history, triage)
-            return
-        if not triage.accepted:
+            await self._rewind(instance_id, history, triage, anchor)
+            return EpisodeOutcome()
+        if not triage.accepted and not fresh:
             if triage.terminate_pending is not None:
                 await self._terminate_before_start(instance_id, triage.terminate_pending)
             elif triage.discard:
                 await self._repair_instance_row(instance_id, history)
-            await _gather(m.queue.delete(m.raw) for m in triage.discard)
-            return
-        await self._run_and_commit(instance_id, history, triage)
+            consumed, kept = _settle_anchor(triage.discard, anchor, keep=bool(running or orphans))
+            await _gather(m.queue.delete(m.raw) for m in consumed)
+            return EpisodeOutcome(local=orphans, anchor=kept)
+        return await self._run_and_commit(
+            instance_id, history, triage, fresh, anchor, running, orphans, run_locally
+        )
 
     async def _set_aside(self, instance_id: str, poisoned: list[ReceivedMessage]) -> None:
         """Move messages that failed too often to the poison container and fail their
@@ -378,25 +475,43 @@ class EpisodeRunner:
         return t
 
     async def _run_and_commit(
-        self, instance_id: str, history: LoadedHistory, triage: _Triage
-    ) -> None:
+        self,
+        instance_id: str,
+        history: LoadedHistory,
+        triage: _Triage,
+        fresh: list[TaskCompleted | TaskFailed],
+        anchor: ReceivedMessage | None,
+        running: AbstractSet[int],
+        orphans: list[LocalTask],
+        run_locally: Callable[[str], bool] | None,
+    ) -> EpisodeOutcome:
         started = triage.new_start or history.started
         assert started is not None
         now = self.clock()
         new_events: list[HistoryEvent] = [OrchestratorStarted(timestamp=now)]
         new_events += [m.message.event for m in triage.accepted]
+        new_events += fresh
         result = self._run(started, instance_id, history.events, new_events, now)
         if not result.actions and len(result.new_events) == 2 and not result.is_complete:
             # Every message was a duplicate the engine ignored: nothing to record.
             await self._repair_instance_row(instance_id, history)
-            await _gather(m.queue.delete(m.raw) for m in triage.accepted + triage.discard)
-            return
+            consumed, kept = _settle_anchor(
+                triage.accepted + triage.discard, anchor, keep=bool(running or orphans)
+            )
+            await _gather(m.queue.delete(m.raw) for m in consumed)
+            return EpisodeOutcome(local=orphans, anchor=kept)
         execution_id = history.execution_id or started.execution_id
+        local_ids: set[int] = set()
+        if run_locally is not None and result.status is not OrchestrationStatus.ContinuedAsNew:
+            result, local_ids = _dispatch_locally(result, run_locally)
         episode = effects.next_episode(history.events)
-        outbound = self._outbound(instance_id, started, execution_id, episode, result, now)
+        outbound = self._outbound(
+            instance_id, started, execution_id, episode, result, now, skip=local_ids
+        )
         previous_length = triage.previous_length
         history_start = len(history.events)
         update = effects.instance_update(result, triage.new_start, now)
+        rewrites_row = triage.new_start is not None or result.is_complete
         if result.status is OrchestrationStatus.ContinuedAsNew:
             # The next execution starts now, in this same checkpoint: its history replaces
             # the old one from row 0, and the old rows beyond it are deleted.
@@ -410,6 +525,25 @@ class EpisodeRunner:
             update = effects.instance_update(result, started, now)
             update.pop("CreatedTime")  # the instance was created once, not per generation
             history = LoadedHistory([], execution_id, history.etag)
+            orphans = []
+        local = [
+            LocalTask(instance_id, execution_id, e)
+            for e in result.new_events
+            if isinstance(e, TaskScheduled) and e.event_id in local_ids
+        ]
+        if result.is_complete:
+            local, orphans = [], []  # whatever still runs here can no longer matter
+        still_running = bool(local or orphans) or (
+            not result.is_complete and bool(set(running) - {e.task_scheduled_id for e in fresh})
+        )
+        consumed, kept = _settle_anchor(
+            triage.accepted + triage.discard, anchor, keep=still_running
+        )
+        row = (update.get("RuntimeStatus"), update.get("CustomStatus"))
+        if not rewrites_row and self.cache.row_of(instance_id) == row:
+            # Same status and custom status as this worker last wrote: skip the write (the
+            # row's LastUpdatedTime then tells when its status last changed).
+            update = {}
         await self._commit(
             instance_id,
             Checkpoint(
@@ -420,13 +554,15 @@ class EpisodeRunner:
                 new_events=result.new_events,
                 history_etag=history.etag,
                 instance_update=update,
-                consumed=triage.accepted + triage.discard,
+                consumed=consumed,
                 previous_length=previous_length,
                 instance_defaults=effects.instance_defaults(started),
             ),
             history,
             result,
+            row,
         )
+        return EpisodeOutcome(local=local + orphans, anchor=kept)
 
     def _run(
         self,
@@ -505,6 +641,7 @@ class EpisodeRunner:
         checkpoint: Checkpoint,
         history: LoadedHistory,
         result: EpisodeResult,
+        row: tuple[Any, Any] | None = None,
     ) -> None:
         etag = await self.provider.commit(checkpoint)
         if result.is_complete:
@@ -513,7 +650,9 @@ class EpisodeRunner:
             # Exactly what is now committed: the rows before history_start, then the rows
             # this checkpoint wrote.
             committed = history.events[: checkpoint.history_start] + checkpoint.new_events
-            self.cache.put(instance_id, LoadedHistory(committed, checkpoint.execution_id, etag))
+            self.cache.put(
+                instance_id, LoadedHistory(committed, checkpoint.execution_id, etag), row=row
+            )
         logger.debug(
             "episode of %s: %d messages, %d actions, %s",
             instance_id,
@@ -523,7 +662,13 @@ class EpisodeRunner:
             extra={"instance_id": instance_id, "execution_id": checkpoint.execution_id},
         )
 
-    async def _rewind(self, instance_id: str, history: LoadedHistory, triage: _Triage) -> None:
+    async def _rewind(
+        self,
+        instance_id: str,
+        history: LoadedHistory,
+        triage: _Triage,
+        anchor: ReceivedMessage | None,
+    ) -> None:
         """Re-run a Failed execution: forget its failed tasks and its failure, replay.
 
         The failed tasks' scheduling and failure events and the Failed completion are
@@ -554,7 +699,7 @@ class EpisodeRunner:
                 new_events=kept + result.new_events,
                 history_etag=history.etag,
                 instance_update=update,
-                consumed=triage.accepted + triage.discard,
+                consumed=_settle_anchor(triage.accepted + triage.discard, anchor, keep=False)[0],
                 previous_length=len(history.events),
             ),
             LoadedHistory([], execution_id, history.etag),
@@ -634,6 +779,8 @@ class EpisodeRunner:
         if row is not None and row.runtime_status == status:
             return
         update: dict[str, Any] = {"RuntimeStatus": status.name, "LastUpdatedTime": self.clock()}
+        if row is None and history.started is not None:
+            update = {**effects.instance_defaults(history.started), **update}  # whole again
         if completed is not None:
             update["Output"] = effects.output_column(completed.result, completed.failure_details)
             update["CompletedTime"] = completed.timestamp
@@ -667,9 +814,15 @@ class EpisodeRunner:
         episode: int,
         result: EpisodeResult,
         now: datetime,
+        *,
+        skip: AbstractSet[int] = frozenset(),
     ) -> list[Outbound]:
+        """The messages of an episode's new actions (but those in ``skip``, which run
+        in-process)."""
         out: list[Outbound] = []
         for action in result.actions:
+            if action.id in skip:
+                continue
             if isinstance(action, ScheduleTask):
                 event: HistoryEvent = TaskScheduled(
                     event_id=action.id, timestamp=now, name=action.name, input=action.input
@@ -736,3 +889,68 @@ async def _gather(aws: Any) -> None:
     items = list(aws)
     if items:
         await asyncio.gather(*items)
+
+
+def _fresh_results(
+    history: LoadedHistory, results: Sequence[LocalResult]
+) -> list[TaskCompleted | TaskFailed]:
+    """The local results still wanted: for the current execution, of a task it scheduled
+    and has not completed (after a restart or a duplicate run they are not)."""
+    scheduled, completed = effects.task_ids(history.events)
+    fresh: list[TaskCompleted | TaskFailed] = []
+    for result in results:
+        task = result.event.task_scheduled_id
+        if result.execution_id == history.execution_id and task in scheduled - completed:
+            fresh.append(result.event)
+            completed.add(task)
+    return fresh
+
+
+def _orphaned_local_tasks(
+    instance_id: str, history: LoadedHistory, running: AbstractSet[int]
+) -> list[LocalTask]:
+    """Local activities the history shows unfinished that do not run in this process."""
+    if completion_of(history.events) is not None or history.execution_id is None:
+        return []
+    _, completed = effects.task_ids(history.events)
+    return [
+        LocalTask(instance_id, history.execution_id, e)
+        for e in history.events
+        if isinstance(e, TaskScheduled)
+        and is_local(e)
+        and e.event_id not in completed
+        and e.event_id not in running
+    ]
+
+
+def _settle_anchor(
+    consumed: list[ReceivedMessage], anchor: ReceivedMessage | None, *, keep: bool
+) -> tuple[list[ReceivedMessage], ReceivedMessage | None]:
+    """Split the messages an episode consumed into those to delete and the one to keep
+    hidden as the instance's anchor while local activities run (``keep``): the current
+    anchor if there is one, else one of the consumed messages."""
+    if not keep:
+        return ([*consumed, anchor] if anchor is not None else consumed), None
+    if anchor is not None or not consumed:
+        return consumed, anchor
+    return consumed[1:], consumed[0]
+
+
+def _dispatch_locally(
+    result: EpisodeResult, run_locally: Callable[[str], bool]
+) -> tuple[EpisodeResult, set[int]]:
+    """Tag the new activities the caller takes in-process; returns their task ids."""
+    local_ids = {
+        action.id
+        for action in result.actions
+        if isinstance(action, ScheduleTask) and run_locally(action.name)
+    }
+    if not local_ids:
+        return result, local_ids
+    marked = [
+        replace(e, tags={**(e.tags or {}), DISPATCH_TAG: DISPATCH_LOCAL})
+        if isinstance(e, TaskScheduled) and e.event_id in local_ids
+        else e
+        for e in result.new_events
+    ]
+    return replace(result, new_events=marked), local_ids

@@ -21,14 +21,14 @@ import random
 import signal
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from typing import Any
 
 from durable_azure.activities import ActivityRunner
 from durable_azure.app import DurableApp
 from durable_azure.errors import StorageError
-from durable_azure.runner import EpisodeRunner
+from durable_azure.runner import EpisodeRunner, LocalResult, LocalTask
 from durable_azure.storage.names import MAX_MESSAGES_PER_RECEIVE
 from durable_azure.storage.partitions import (
     LeaseOptions,
@@ -70,6 +70,12 @@ class WorkerOptions:
             ``{hub}Partitions`` lease table (on by default; off only for tests or a
             worker that is certainly alone).
         leases: lease timings (DTFx defaults: 30 s lease, 10 s renew and acquire).
+        max_local_activities: activities of its own orchestrations this worker takes
+            in-process at once (queued for a slot or running) instead of sending them
+            through the work-item queue; beyond it they go to the queue, where every
+            worker shares them. 0 (the default for now) sends every activity through the
+            queue (DTFx's flow); see docs/design.md for what a crash re-runs, and why it
+            is not the default yet.
     """
 
     max_concurrent_orchestrations: int = 100
@@ -82,10 +88,13 @@ class WorkerOptions:
     max_dequeue_count: int = DEFAULT_MAX_DEQUEUE_COUNT
     partition_leases: bool = True
     leases: LeaseOptions = field(default_factory=LeaseOptions)
+    max_local_activities: int = 0
 
     def __post_init__(self) -> None:
         if self.max_concurrent_orchestrations < 1 or self.max_concurrent_activities < 1:
             raise ValueError("concurrency limits must be at least 1")
+        if self.max_local_activities < 0:
+            raise ValueError("max_local_activities must be 0 or more")
         if not 0 < self.min_poll_interval <= self.max_poll_interval:
             raise ValueError("need 0 < min_poll_interval <= max_poll_interval")
         if self.max_dequeue_count < 1:
@@ -117,6 +126,26 @@ class _Backoff:
         if self.wake.is_set():
             self.wake.clear()
             self.failures = 0
+
+
+@dataclass(eq=False)
+class _Session:
+    """One instance being worked on in this process: what waits for its next episode,
+    the activities it runs in-process, and the anchor message kept while they run."""
+
+    instance_id: str
+    pending: list[ReceivedMessage]
+    results: list[LocalResult] = field(default_factory=list)
+    running: dict[int, asyncio.Task[None]] = field(default_factory=dict)
+    anchor: ReceivedMessage | None = None
+    #: The messages the current episode is processing (abandoned if it is cancelled).
+    in_episode: list[ReceivedMessage] = field(default_factory=list)
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def take(self) -> tuple[list[ReceivedMessage], list[LocalResult]]:
+        batch, results = self.pending, self.results
+        self.pending, self.results = [], []
+        return batch, results
 
 
 class Worker:
@@ -165,8 +194,10 @@ class Worker:
         self._orchestration_slots = asyncio.Semaphore(self.options.max_concurrent_orchestrations)
         self._activity_slots = asyncio.Semaphore(self.options.max_concurrent_activities)
         self._backoffs: dict[str, _Backoff] = {}
-        # Per instance: batches received while an episode of it runs; they run next.
-        self._active: dict[str, list[ReceivedMessage]] = {}
+        # The instances this process is working on (messages received for one of them go
+        # to its session and run in its next episode).
+        self._active: dict[str, _Session] = {}
+        self._local_running = 0  # activities taken in-process, queued or running
         self._inflight: set[asyncio.Task[None]] = set()
         self._held: dict[asyncio.Task[None], list[ReceivedMessage]] = {}
         self._stopping = asyncio.Event()
@@ -421,26 +452,127 @@ class Worker:
         for message in received:
             by_instance.setdefault(message.message.instance_id, []).append(message)
         for instance_id, batch in by_instance.items():
-            if instance_id in self._active:
-                self._active[instance_id].extend(batch)
+            session = self._active.get(instance_id)
+            if session is not None:
+                session.pending.extend(batch)
+                session.wake.set()
             else:
-                self._active[instance_id] = []
-                self._spawn(self._run_instance(instance_id, batch), batch)
+                session = self._active[instance_id] = _Session(instance_id, batch)
+                self._spawn(self._run_instance(session), [])
         return True
 
-    async def _run_instance(self, instance_id: str, batch: list[ReceivedMessage]) -> None:
-        """Run episodes for one instance until no more messages are waiting for it."""
+    async def _run_instance(self, session: _Session) -> None:
+        """Run episodes for one instance until nothing waits for it: no message, and no
+        activity it runs in-process. Between episodes the anchor message is kept hidden."""
         try:
-            while batch:
-                async with self._orchestration_slots:
-                    await self.episodes.process(instance_id, batch)
-                batch = self._active.get(instance_id, [])
-                self._active[instance_id] = []
+            while True:
+                session.wake.clear()
+                batch, results = session.take()
                 if self._stopping.is_set() and batch:
-                    await asyncio.gather(*(m.queue.abandon(m.raw, 0.0) for m in batch))
-                    break
+                    # Stopping: finish what runs here, take nothing new.
+                    await _abandon_now(batch)
+                    batch = []
+                if batch or results:
+                    await self._episode(session, batch, results)
+                    continue
+                if not session.running:
+                    if session.anchor is not None:
+                        # Only when stopping: local activities that never started here are
+                        # left; the anchor, visible again, brings them to another worker.
+                        await _abandon_now([session.anchor])
+                        session.anchor = None
+                    return
+                try:
+                    async with asyncio.timeout(self._anchor_renewal_interval):
+                        await session.wake.wait()
+                except TimeoutError:
+                    await self._renew_anchor(session)
+        except asyncio.CancelledError:
+            # A stop that ran out of grace: hand everything back at once so another
+            # worker takes over (the results of activities still running here are lost).
+            for task in session.running.values():
+                task.cancel()
+            held = [*session.in_episode, *session.pending]
+            if session.anchor is not None:
+                held.append(session.anchor)
+            await _abandon_now(held)
+            raise
         finally:
-            self._active.pop(instance_id, None)
+            self._active.pop(session.instance_id, None)
+
+    async def _episode(
+        self, session: _Session, batch: list[ReceivedMessage], results: list[LocalResult]
+    ) -> None:
+        reserved = 0
+
+        def run_locally(activity: str) -> bool:
+            nonlocal reserved
+            if (
+                self._local_running + reserved >= self.options.max_local_activities
+                or self._stopping.is_set()
+                or self.app.get_activity(activity) is None
+            ):
+                return False
+            reserved += 1
+            return True
+
+        session.in_episode = batch
+        async with self._orchestration_slots:
+            outcome = await self.episodes.process(
+                session.instance_id,
+                batch,
+                results=results,
+                anchor=session.anchor,
+                running=set(session.running),
+                run_locally=run_locally,
+            )
+        session.in_episode = []
+        session.anchor = outcome.anchor
+        for task in outcome.local:
+            self._start_local(session, task)
+
+    def _start_local(self, session: _Session, task: LocalTask) -> None:
+        """Run an activity in-process; its result goes to the instance's next episode."""
+        scheduled = task.scheduled
+        if scheduled.event_id in session.running:
+            return
+
+        async def run() -> None:
+            try:
+                async with self._activity_slots:
+                    if self._stopping.is_set():
+                        return  # a stopping worker starts nothing new (see _run_instance)
+                    event = await self.activities.execute(
+                        scheduled.name, scheduled.input, scheduled.event_id
+                    )
+                session.results.append(LocalResult(task.execution_id, event))
+            finally:
+                session.running.pop(scheduled.event_id, None)
+                self._local_running -= 1
+                session.wake.set()
+
+        self._local_running += 1
+        session.running[scheduled.event_id] = asyncio.create_task(
+            run(), name=f"local activity {scheduled.name} of {session.instance_id}"
+        )
+
+    async def _renew_anchor(self, session: _Session) -> None:
+        anchor = session.anchor
+        if anchor is None:
+            return
+        try:
+            raw = await anchor.queue.renew(anchor.raw, self.options.visibility_timeout)
+        except StorageError as exc:
+            # Transient, or the message is gone (it stayed hidden too long): the activities
+            # still finish here; if this process dies meanwhile, they may run elsewhere too.
+            logger.warning(
+                "could not keep the anchor of %s hidden: %s",
+                session.instance_id,
+                exc,
+                extra={"instance_id": session.instance_id},
+            )
+            return
+        session.anchor = replace(anchor, raw=raw)
 
     async def _poll_work_items_once(self, queue: TaskHubQueue, backoff: _Backoff) -> bool:
         """One receive from the work-item queue; False once the worker is stopping."""
@@ -495,6 +627,10 @@ class Worker:
             except StorageError as exc:
                 logger.warning("could not abandon or set aside message %s: %s", bad.raw.id, exc)
 
+    @property
+    def _anchor_renewal_interval(self) -> float:
+        return max(1.0, self.options.visibility_timeout.total_seconds() / 2)
+
     def _spawn(self, work: Awaitable[None], held: list[ReceivedMessage]) -> None:
         async def guarded() -> None:
             try:
@@ -512,3 +648,13 @@ class Worker:
     def _forget(self, task: asyncio.Task[None]) -> None:
         self._inflight.discard(task)
         self._held.pop(task, None)
+
+
+async def _abandon_now(messages: list[ReceivedMessage]) -> None:
+    """Make messages visible again at once (errors logged: they reappear anyway)."""
+    results = await asyncio.gather(
+        *(m.queue.abandon(m.raw, 0.0) for m in messages), return_exceptions=True
+    )
+    for result in results:
+        if isinstance(result, Exception):
+            logger.warning("could not abandon a message: %s", result)

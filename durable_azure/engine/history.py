@@ -63,6 +63,9 @@ class OrchestrationStatus(enum.IntEnum):
         return self in _TERMINAL
 
 
+#: Field metadata key: the storage forms leave this member out while it is None.
+OMIT_IF_NONE = "omit_if_none"
+
 _TERMINAL = frozenset(
     {
         OrchestrationStatus.Completed,
@@ -184,6 +187,8 @@ class TaskScheduled(HistoryEvent):
     name: str
     input: str | None = None
     version: str | None = None
+    #: DTFx ``Tags``; this engine marks activities it ran in-process. Left out when None.
+    tags: dict[str, str] | None = field(default=None, metadata={OMIT_IF_NONE: True})
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -20,6 +20,7 @@ from typing import Any
 
 from durable_azure.engine.history import (
     EVENT_CLASSES,
+    OMIT_IF_NONE,
     EventType,
     ExecutionCompleted,
     ExecutionStarted,
@@ -67,6 +68,8 @@ def event_fields(event: HistoryEvent) -> dict[str, Any]:
                 continue
             value = getattr(event, f.name)
             if isinstance(event, ExecutionStarted) and f.name in ("instance_id", "execution_id"):
+                continue
+            if value is None and f.metadata.get(OMIT_IF_NONE):
                 continue
             out[_pascal(f.name)] = _to_plain(value)
         if isinstance(event, ExecutionStarted):

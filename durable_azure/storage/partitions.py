@@ -5,7 +5,10 @@ reference ``dtfx-azure-storage.md`` §6.1), re-implemented from its description.
 has one row per control queue: PartitionKey ``""``, RowKey the queue's name, and the
 columns ``CurrentOwner``, ``NextOwner`` (worker ids), ``OwnedSince``, ``LastRenewal``,
 ``ExpiresAt`` (UTC date-times) and ``IsDraining`` (bool). Null columns are not written, as
-the .NET SDK omits them, so rows read the same whichever implementation wrote them.
+the .NET SDK omits them, so rows read the same whichever implementation wrote them. One
+column is ours: ``WakeAddress`` (``"host:port"``), where the owner listens for wake-up
+datagrams (:mod:`durable_azure.wake`); written on claim and renewal by a manager given one,
+cleared on release. DTFx ignores it (and drops it when a .NET worker rewrites the row).
 
 Every worker runs a :class:`PartitionManager`. One :meth:`PartitionManager.step` reads
 all rows once and applies these rules; every write is a Replace with If-Match on the ETag
@@ -37,6 +40,37 @@ believing before it writes a release. Another worker can claim the row only once
 released or expired by its own clock. So when clocks agree, two workers never believe they
 own one queue at the same time, even if one of them stalls without stepping (its belief
 simply lapses).
+
+Fewer requests when nothing changes
+-----------------------------------
+An idle worker's steps are mostly renewals, so two things keep them cheap:
+
+* **One transaction renews them all.** The rows due for renewal are renewed in one
+  entity-group transaction (they share the PartitionKey ``""``), each op a Replace with
+  If-Match on the row's ETag, so it is exactly the per-row writes, sent as one request.
+  When it fails with a 412 (someone wrote one of the rows, e.g. set ``NextOwner``; the
+  transaction then wrote nothing), the step falls back: it re-reads the table and applies
+  the rules row by row with single writes, as above. Renewals are batched only when the
+  previous step was *steady* (changed nothing, failed nothing, asked for nothing, nothing
+  draining or awaited); right after a change, when a conflict is likeliest, rows are
+  written one by one.
+* **A steady step need not read.** Everything the read would show that concerns this
+  worker's own rows changes their ETags, so a successful If-Match renewal already proves
+  that nobody asked for them, took them, or marked them. The read is needed only to see
+  other workers' rows: ones released or expired (to claim), and ones to balance against.
+  So after a steady step, the next step renews from the rows as last read and written,
+  without a query, unless a full read is due: at least every ``idle_read_interval``; as
+  soon as a row of another worker reaches the ``ExpiresAt`` last read (so a dead worker's
+  rows are claimed as promptly as before: at the first step after they expire); and
+  always when this worker owns nothing, drains, waits for a row, shuts down, failed in
+  the previous step, or has a lease lapsed. The cost: a row *released* by a worker that
+  stopped gracefully, or a new worker's share, is noticed up to ``idle_read_interval``
+  later (never later than the released row's last ``ExpiresAt``);
+  :meth:`PartitionManager.request_read` makes the next step read at once.
+
+With the defaults, an idle worker owning 4 rows makes 480 table requests an hour (one
+batch per 10-s step, one query every 30 s) instead of 1,800 (a query and 4 writes per
+step); with ``renew_interval = acquire_interval = 15`` (``lease_interval`` 30), 360.
 
 Worker integration (the contract)
 ---------------------------------
@@ -70,7 +104,9 @@ instead stop the loop and call :meth:`~PartitionManager.release_all`, which rele
 owned row at once so others claim it on their next step. Cancelling ``run()`` is a hard
 stop: the leases then expire, and others take them at their first step after ``ExpiresAt``
 (at most ``lease_interval`` after the last renewal, ``claim_duration`` after a claim).
-``worker_id`` must be unique per process (:func:`new_worker_id`).
+``worker_id`` must be unique per process (:func:`new_worker_id`). Give the manager the
+worker's wake-up address (``wake_address``, from a started
+:class:`~durable_azure.wake.WakeListener`) to have it published in the rows it owns.
 """
 
 from __future__ import annotations
@@ -86,9 +122,23 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, datetime, timedelta
 
-from durable_azure.errors import AlreadyExistsError, ConditionFailedError, StorageError
+from durable_azure.errors import (
+    AlreadyExistsError,
+    ConditionFailedError,
+    StorageError,
+    TransactionFailedError,
+)
 from durable_azure.storage.names import TaskHubNames
-from durable_azure.storage.primitives import Entity, StorageAccount, Table, TableValue, UpdateMode
+from durable_azure.storage.primitives import (
+    MAX_TRANSACTION_OPS,
+    Entity,
+    StorageAccount,
+    Table,
+    TableOp,
+    TableOpKind,
+    TableValue,
+    UpdateMode,
+)
 
 __all__ = [
     "LeaseOptions",
@@ -130,6 +180,13 @@ class LeaseOptions:
             step renews a row once half of this has passed since its last renewal, and
             :meth:`PartitionManager.run` steps at least this often. At most half of
             ``lease_interval`` and ``claim_duration``, so one late step does not lose a row.
+            That limit is safe: ``renew_interval=15`` with ``lease_interval=30`` (set
+            ``acquire_interval=15`` too, or the loop still steps, and renews, every 10 s)
+            leaves a whole renewal period of margin: a renewal that fails is retried at
+            once, and a worker that cannot renew for 15 s more stops believing it owns the
+            row when the lease runs out, before anyone else may claim it. Ownership is
+            fenced by ``ExpiresAt``, so a longer interval only delays failover, never
+            makes two owners.
         acquire_interval: the loop's period when nothing is changing
             (``LeaseAcquireInterval``, 10 s).
         claim_duration: the lease a claim writes (DTFx hard-codes 1 minute).
@@ -138,6 +195,10 @@ class LeaseOptions:
         busy_interval: the loop's period while draining or waiting for a row (1 s).
         operation_timeout: the longest one step may take in :meth:`PartitionManager.run`
             (``PartitionTableOperationTimeout``, 2 s); a step cut short is retried at once.
+        idle_read_interval: in a steady state (nothing changing), how long steps may renew
+            without reading the table (30 s); see "Fewer requests" in the module docstring.
+            A released row, or a new worker's request for a share, is noticed up to this
+            much later. Set it to at most the step interval to read at every step (DTFx).
     """
 
     lease_interval: float = 30.0
@@ -147,6 +208,7 @@ class LeaseOptions:
     drain_timeout: float = 60.0
     busy_interval: float = 1.0
     operation_timeout: float = 2.0
+    idle_read_interval: float = 30.0
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -198,6 +260,7 @@ class PartitionLease:
     last_renewal: datetime | None = None
     expires_at: datetime | None = None
     is_draining: bool = False
+    wake_address: str | None = None
     etag: str = ""
 
     @classmethod
@@ -211,11 +274,12 @@ class PartitionLease:
             last_renewal=_time(entity.get("LastRenewal")),
             expires_at=_time(entity.get("ExpiresAt")),
             is_draining=entity.get("IsDraining") is True,
+            wake_address=_text(entity.get("WakeAddress")),
             etag=entity.etag,
         )
 
     def to_entity(self) -> dict[str, TableValue]:
-        """The row to write: DTFx's columns, null ones left out."""
+        """The row to write: DTFx's columns (and ``WakeAddress``), null ones left out."""
         props: dict[str, TableValue] = {
             "PartitionKey": PARTITION_KEY,
             "RowKey": self.queue,
@@ -225,6 +289,7 @@ class PartitionLease:
             "LastRenewal": self.last_renewal,
             "ExpiresAt": self.expires_at,
             "IsDraining": self.is_draining,
+            "WakeAddress": self.wake_address,
         }
         return {k: v for k, v in props.items() if v is not None}
 
@@ -292,6 +357,15 @@ class _StepLog:
     errors: int = 0
 
 
+#: How a renewal transaction ended.
+_BATCH_OK = "ok"
+_BATCH_CONFLICT = "conflict"  # 412: nothing written; re-read and go row by row
+_BATCH_FAILED = "failed"  # any other failure: counted as an error, retried next step
+
+#: Renewals deferred to one transaction: (row as read, row to write).
+_Renewals = list[tuple[PartitionLease, PartitionLease]]
+
+
 # --- the manager -------------------------------------------------------------------------
 
 
@@ -304,6 +378,9 @@ class PartitionManager:
         worker_id: this worker's id, unique per process.
         options: timings.
         clock: the current time, aware UTC (tests inject a fake one).
+        wake_address: where this worker listens for wake-up datagrams (``"host:port"``,
+            :attr:`durable_azure.wake.WakeListener.address`); written into the
+            ``WakeAddress`` column of the rows it owns. None: the column is not written.
     """
 
     def __init__(
@@ -314,10 +391,14 @@ class PartitionManager:
         *,
         options: LeaseOptions | None = None,
         clock: Callable[[], datetime] = _utc_now,
+        wake_address: str | None = None,
     ) -> None:
         if not isinstance(worker_id, str) or not worker_id:
             raise ValueError("worker_id must be a non-empty string")
+        if wake_address is not None and (not isinstance(wake_address, str) or not wake_address):
+            raise ValueError("wake_address must be a non-empty 'host:port' string or None")
         self.table = table
+        self.wake_address = wake_address
         self.names = names
         self.worker_id = worker_id
         self.options = options or LeaseOptions()
@@ -333,6 +414,12 @@ class PartitionManager:
         self._closed = False
         self._wake = asyncio.Event()
         self._warned_unknown: set[str] = set()
+        # The rows as last read, updated with what this worker wrote since (ETags too).
+        self._rows: dict[str, PartitionLease] = {}
+        self._last_read: datetime | None = None
+        # The previous step changed nothing, failed nothing and awaits nothing.
+        self._steady = False
+        self._read_requested = False
 
     @classmethod
     def for_account(
@@ -343,10 +430,11 @@ class PartitionManager:
         *,
         options: LeaseOptions | None = None,
         clock: Callable[[], datetime] = _utc_now,
+        wake_address: str | None = None,
     ) -> PartitionManager:
         """A manager on ``account``'s ``{hub}Partitions`` table."""
         table = account.table(names.partitions_table)
-        return cls(table, names, worker_id, options=options, clock=clock)
+        return cls(table, names, worker_id, options=options, clock=clock, wake_address=wake_address)
 
     # --- what this worker owns ------------------------------------------------------------
 
@@ -388,6 +476,12 @@ class PartitionManager:
     def begin_shutdown(self) -> None:
         """Stop claiming and balancing; from the next step on, drain and release every row."""
         self._shutting_down = True
+        self._wake.set()
+
+    def request_read(self) -> None:
+        """Make the next step read the whole table (e.g. on a hint that another worker
+        released rows), and wake :meth:`run` for it."""
+        self._read_requested = True
         self._wake.set()
 
     # --- storage --------------------------------------------------------------------------
@@ -440,37 +534,140 @@ class PartitionManager:
 
     async def step(self) -> PartitionChanges:
         """One iteration of the partition loop: read all rows once, then claim, renew,
-        drain, release and balance (see the module docstring).
+        drain, release and balance (see the module docstring). In a steady state the read
+        may be skipped, and renewals are written in one transaction (see "Fewer requests"
+        in the module docstring).
 
         Raises:
             StorageError: the table could not be read (nothing was written).
         """
         if self._closed:
             return PartitionChanges()
-        rows = {row.queue: row for row in await self.read_leases()}
-        now = self._clock()  # after the read: a claim is judged no earlier than it is made
+        batch = self._steady
+        self._steady = False  # until this step ends well (_report)
+        read_requested, self._read_requested = self._read_requested, False
         log = _StepLog()
+        now = self._clock()
+        if batch and not read_requested and not self._read_due(now):
+            outcome = await self._renew_from_cache(now, log)
+            if outcome != _BATCH_CONFLICT:
+                return self._report(log)
+            batch = False  # fall back: re-read, then row by row
+        while True:
+            rows = {row.queue: row for row in await self.read_leases()}
+            now = self._clock()  # after the read: a claim is judged no earlier than it is made
+            self._last_read = now
+            if await self._step_rows(rows, now, log, batch=batch):
+                break
+            batch = False  # the renewal transaction met a 412: re-read, then row by row
+        return self._report(log)
+
+    def _read_due(self, now: datetime) -> bool:
+        """True if the table must be read before acting (see "Fewer requests" in the module
+        docstring); called only after a steady step."""
+        if self._shutting_down or self._waiting or not self._held or self._last_read is None:
+            return True
+        if now - self._last_read >= timedelta(seconds=self.options.idle_read_interval):
+            return True
+        if any(now >= h.expires_at or h.drain_deadline is not None for h in self._held.values()):
+            return True
+        # Another worker's row reaching its ExpiresAt (as last read) may be claimable now.
+        return any(row.expired(now) for q, row in self._rows.items() if q not in self._held)
+
+    async def _renew_from_cache(self, now: datetime, log: _StepLog) -> str:
+        """A step without a read: renew the rows that are due, in one transaction guarded
+        by the ETags last seen. Success proves nobody wrote them since."""
+        renewals: _Renewals = []
+        for queue, held in self._held.items():
+            row = self._rows.get(queue)
+            if row is None:  # not seen since it was claimed (cannot happen): read first
+                return _BATCH_CONFLICT
+            if self._renewal_due(held, now):
+                renewals.append((row, self._renewal(row, now, is_draining=False)))
+        return await self._renew_together(renewals, now, log, self._rows)
+
+    async def _step_rows(
+        self, rows: dict[str, PartitionLease], now: datetime, log: _StepLog, *, batch: bool
+    ) -> bool:
+        """Apply the rules to every row just read. With ``batch``, plain renewals go in one
+        transaction; False if it met a 412 (nothing of it was written: the caller re-reads
+        and steps again row by row)."""
         for queue, held in list(self._held.items()):
             row = rows.get(queue)
             if now >= held.expires_at or row is None or row.current_owner != self.worker_id:
                 del self._held[queue]
                 logger.warning("%s: lost %s (lease lapsed or taken)", self.worker_id, queue)
+        renewals: _Renewals | None = [] if batch else None
         for queue, row in list(rows.items()):
-            rows[queue] = await self._step_row(row, now, log)
+            rows[queue] = await self._step_row(row, now, log, renewals)
+        if renewals and await self._renew_together(renewals, now, log, rows) == _BATCH_CONFLICT:
+            return False
         if not self._shutting_down and not log.conflicts and not log.errors:
             await self._balance(rows, log)
+        self._rows = rows
         self._waiting = any(
             r.next_owner == self.worker_id and r.current_owner != self.worker_id
             for r in rows.values()
         )
-        return self._report(log)
+        return True
 
-    async def _step_row(self, row: PartitionLease, now: datetime, log: _StepLog) -> PartitionLease:
-        """Apply the rules to one row; returns the row as it now is (as far as we know)."""
+    async def _renew_together(
+        self,
+        renewals: _Renewals,
+        now: datetime,
+        log: _StepLog,
+        rows: dict[str, PartitionLease],
+    ) -> str:
+        """Write ``renewals`` in one transaction (each op If-Match on the row's ETag) and
+        record them in ``rows``; returns how it ended (a 412 is not counted: the caller
+        re-reads and steps row by row)."""
+        ok = True
+        for start in range(0, len(renewals), MAX_TRANSACTION_OPS):
+            chunk = renewals[start : start + MAX_TRANSACTION_OPS]
+            ops = [
+                TableOp(TableOpKind.UPDATE_REPLACE, new.to_entity(), etag=row.etag)
+                for row, new in chunk
+            ]
+            try:
+                etags = await self.table.transaction(ops)
+            except TransactionFailedError as exc:
+                queue = chunk[exc.index][0].queue if exc.index is not None else "a row"
+                if isinstance(exc.cause, ConditionFailedError):
+                    logger.info(
+                        "%s: renewing %d rows: %s changed meanwhile (412); re-reading",
+                        self.worker_id,
+                        len(chunk),
+                        queue,
+                    )
+                    return _BATCH_CONFLICT
+                log.errors += 1
+                logger.warning("%s: renewing %d rows failed: %s", self.worker_id, len(chunk), exc)
+                ok = False
+                continue
+            except StorageError as exc:
+                log.errors += 1
+                logger.warning("%s: renewing %d rows failed: %s", self.worker_id, len(chunk), exc)
+                ok = False
+                continue
+            for (_, new), etag in zip(chunk, etags, strict=True):
+                self._renewed(self._held[new.queue], new, now)
+                rows[new.queue] = replace(new, etag=etag)
+            logger.debug("%s: renewed %d rows in one transaction", self.worker_id, len(chunk))
+        return _BATCH_OK if ok else _BATCH_FAILED
+
+    async def _step_row(
+        self,
+        row: PartitionLease,
+        now: datetime,
+        log: _StepLog,
+        renewals: _Renewals | None = None,
+    ) -> PartitionLease:
+        """Apply the rules to one row; returns the row as it now is (as far as we know).
+        A plain renewal is appended to ``renewals`` (when given) instead of written."""
         me = self.worker_id
         held = self._held.get(row.queue)
         if held is not None:
-            return await self._step_mine(row, held, now, log)
+            return await self._step_mine(row, held, now, log, renewals)
         if self._shutting_down:
             if row.current_owner == me:  # ours in the table, nothing of it in flight here
                 return await self._release(row, log)
@@ -485,6 +682,7 @@ class PartitionManager:
                 owned_since=now,
                 last_renewal=now,
                 expires_at=now + timedelta(seconds=self.options.claim_duration),
+                wake_address=self.wake_address,
             )
             written = await self._write(row, new, log, "claimed")
             if written is None:
@@ -516,7 +714,12 @@ class PartitionManager:
         return row.current_owner == me and row.next_owner is None
 
     async def _step_mine(
-        self, row: PartitionLease, held: _Held, now: datetime, log: _StepLog
+        self,
+        row: PartitionLease,
+        held: _Held,
+        now: datetime,
+        log: _StepLog,
+        renewals: _Renewals | None,
     ) -> PartitionLease:
         hand_over = (
             self._shutting_down
@@ -544,18 +747,30 @@ class PartitionManager:
                     self.options.drain_timeout,
                 )
             return await self._release(row, log)
-        if now - held.last_renewal < timedelta(seconds=self.options.renew_interval * _RENEW_AT):
+        if not self._renewal_due(held, now):
             return row
         new = self._renewal(row, now, is_draining=row.is_draining)
+        if renewals is not None:
+            renewals.append((row, new))
+            return row
         written = await self._write(row, new, log, "renewed")
         if written is None:
             return row
         self._renewed(held, new, now)
         return written
 
+    def _renewal_due(self, held: _Held, now: datetime) -> bool:
+        return now - held.last_renewal >= timedelta(seconds=self.options.renew_interval * _RENEW_AT)
+
     def _renewal(self, row: PartitionLease, now: datetime, *, is_draining: bool) -> PartitionLease:
         expires_at = now + timedelta(seconds=self.options.lease_interval)
-        return replace(row, last_renewal=now, expires_at=expires_at, is_draining=is_draining)
+        return replace(
+            row,
+            last_renewal=now,
+            expires_at=expires_at,
+            is_draining=is_draining,
+            wake_address=self.wake_address,
+        )
 
     @staticmethod
     def _renewed(held: _Held, new: PartitionLease, now: datetime) -> None:
@@ -572,7 +787,9 @@ class PartitionManager:
                 "%s: released %s to %s", self.worker_id, row.queue, row.next_owner or "anyone"
             )
         next_owner = None if row.next_owner == self.worker_id else row.next_owner
-        new = replace(row, current_owner=None, next_owner=next_owner, is_draining=False)
+        new = replace(
+            row, current_owner=None, next_owner=next_owner, is_draining=False, wake_address=None
+        )
         return await self._write(row, new, log, "released") or row
 
     async def _balance(self, rows: dict[str, PartitionLease], log: _StepLog) -> None:
@@ -640,6 +857,14 @@ class PartitionManager:
         self._reported_active = active
         self._reported_draining = draining
         self._released.clear()
+        self._steady = not (
+            changes.changed
+            or changes.retry_now
+            or changes.requested
+            or changes.waiting
+            or draining
+            or self._shutting_down
+        )
         return changes
 
     # --- shutdown -------------------------------------------------------------------------

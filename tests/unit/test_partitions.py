@@ -16,7 +16,8 @@ import asyncio
 import dataclasses
 import itertools
 import random
-from collections.abc import Mapping
+from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -32,7 +33,7 @@ from durable_azure.storage.partitions import (
     PartitionManager,
     new_worker_id,
 )
-from durable_azure.storage.primitives import OpKind, Table, TableValue, UpdateMode
+from durable_azure.storage.primitives import OpKind, Table, TableOp, TableValue, UpdateMode
 from durable_azure.testing.memory import MemoryStorageAccount
 from tests.unit.harness import FakeClock
 
@@ -716,3 +717,316 @@ async def test_cancelling_run_always_stops_it() -> None:
             await asyncio.gather(task, return_exceptions=True)
             stop.clear()
     assert still_running == 0, f"{still_running} of 200 cancelled loops kept running"
+
+
+# --- fewer requests: batched renewals, reads skipped in a steady state --------------------
+
+
+class CountingTable:
+    """One manager's view of the shared table, counting the requests it makes."""
+
+    def __init__(self, inner: Table) -> None:
+        self.inner = inner
+        self.ops: Counter[str] = Counter()
+        self.before_transaction: Any = None  # async () -> None, run once (a racing writer)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def take(self) -> dict[str, int]:
+        """The requests since the last take."""
+        ops = dict(self.ops)
+        self.ops.clear()
+        return ops
+
+    async def query(self, **kwargs: Any) -> Any:
+        self.ops["query"] += 1
+        return await self.inner.query(**kwargs)
+
+    async def update(self, entity: Mapping[str, TableValue], *, etag: str, mode: UpdateMode) -> str:
+        self.ops["write"] += 1
+        return await self.inner.update(entity, etag=etag, mode=mode)
+
+    async def transaction(self, ops: Sequence[TableOp]) -> list[str]:
+        self.ops["batch"] += 1
+        race, self.before_transaction = self.before_transaction, None
+        if race is not None:
+            await race()
+        return await self.inner.transaction(ops)
+
+
+def add_counted(cluster: Cluster, worker_id: str, **kwargs: Any) -> CountingTable:
+    table = CountingTable(cluster.table)
+    if kwargs:
+        manager = PartitionManager(
+            table, cluster.names, worker_id, options=cluster.options, clock=cluster.clock, **kwargs
+        )
+        cluster.workers[worker_id] = SimWorker(manager)
+    else:
+        cluster.add(worker_id, table=table)
+    return table
+
+
+async def steady(cluster: Cluster, worker_id: str) -> None:
+    """Claim, then one more step a renewal later: the worker is in a steady state."""
+    await cluster.step(worker_id)
+    cluster.clock.advance(cluster.options.step_interval)
+    await cluster.step(worker_id)
+
+
+async def test_renewals_are_batched_in_one_transaction() -> None:
+    cluster = Cluster(4)
+    await cluster.create()
+    counted = add_counted(cluster, "a")
+    a = cluster.manager("a")
+    await steady(cluster, "a")
+    before = await cluster.rows()
+    cluster.clock.advance(OPTIONS.step_interval)
+    counted.take()
+    changes = await cluster.step("a")
+    assert counted.take() == {"batch": 1}  # no read: one request
+    assert not changes.changed
+    assert not changes.retry_now
+    rows = await cluster.rows()
+    now = cluster.clock()
+    for queue, row in rows.items():
+        assert row.etag != before[queue].etag
+        assert row.current_owner == "a"
+        assert row.last_renewal == now
+        assert row.expires_at == now + timedelta(seconds=OPTIONS.lease_interval)
+        assert row.owned_since == before[queue].owned_since
+    assert a.owned == set(cluster.names.control_queues)
+    # DTFx's columns, nothing else (no wake address was given).
+    entities, _ = await cluster.table.query(partition_key="")
+    assert {k for e in entities for k in e.properties} == {
+        "PartitionKey",
+        "RowKey",
+        "CurrentOwner",
+        "OwnedSince",
+        "LastRenewal",
+        "ExpiresAt",
+        "IsDraining",
+    }
+    # A step that reads (idle_read_interval after the last read) renews in one, too.
+    cluster.clock.advance(OPTIONS.step_interval)
+    await cluster.step("a")
+    assert counted.take() == {"batch": 1}
+    cluster.clock.advance(OPTIONS.step_interval)
+    await cluster.step("a")
+    assert counted.take() == {"query": 1, "batch": 1}
+
+
+async def test_an_idle_worker_reads_only_every_idle_read_interval() -> None:
+    """The idle cost of one worker owning 4 partitions with the default timings, stepped
+    at the loop's cadence for an hour (printed; run with -s). Before batching and skipped
+    reads, a step was a query and 4 writes: 1,800 requests an hour."""
+    clock = FakeClock(START)
+    account = MemoryStorageAccount(clock=clock)
+    names = TaskHubNames(HUB, 4)
+    a = PartitionManager.for_account(account, names, "a", clock=clock)
+    await a.create_rows()
+    await a.step()
+    interval = a.options.step_interval
+    clock.advance(interval)
+    await a.step()
+    account.stats.reset()
+    per_step: list[dict[str, int]] = []
+    elapsed = 0.0
+    while elapsed < 3600:
+        clock.advance(interval)
+        elapsed += interval
+        before = account.stats.snapshot()
+        changes = await a.step()
+        assert not changes.changed
+        assert not changes.retry_now
+        after = account.stats.snapshot()
+        per_step.append({k: v - before.get(k, 0) for k, v in after.items() if v != before.get(k)})
+    total = account.stats.total()
+    print(f"\nidle worker, 4 partitions, default LeaseOptions: {total} table requests/hour")
+    assert a.owned == set(names.control_queues)
+    assert account.stats.snapshot().keys() == {"table_batch", "table_query"}
+    # Every step renews all 4 rows in one transaction; a step also reads when the last
+    # read is idle_read_interval old, and only then.
+    assert all(ops.get("table_batch") == 1 for ops in per_step)
+    reads = [i for i, ops in enumerate(per_step) if "table_query" in ops]
+    every = round(a.options.idle_read_interval / interval)
+    assert reads == list(range(every - 1, len(per_step), every))
+    assert total == len(per_step) + len(reads)
+
+
+async def test_a_412_in_the_batch_falls_back_and_the_hand_over_works() -> None:
+    cluster = Cluster(4)
+    await cluster.create()
+    counted = add_counted(cluster, "a")
+    a, b = cluster.manager("a"), cluster.add("b")
+    await steady(cluster, "a")
+    ask = await cluster.step("b")  # NextOwner on two of a's rows: their ETags change
+    assert len(ask.requested) == 2
+    cluster.clock.advance(OPTIONS.step_interval)
+    counted.take()
+    changes = await cluster.step("a")  # batch without a read -> 412 -> read, row by row
+    assert counted.take() == {"batch": 1, "query": 1, "write": 4}
+    assert changes.draining == ask.requested == a.draining
+    assert not changes.lost
+    assert a.owned == set(cluster.names.control_queues)
+    rows = await cluster.rows()
+    assert {q for q, r in rows.items() if r.is_draining} == ask.requested
+    assert {r.last_renewal for r in rows.values()} == {cluster.clock()}
+    release = await cluster.step("a")  # the sim worker marks them drained first
+    assert release.released == ask.requested
+    assert (await cluster.step("b")).acquired == ask.requested == b.owned
+    await cluster.run_until_balanced(10)
+
+
+async def test_a_412_in_the_batch_of_a_reading_step_falls_back() -> None:
+    cluster = Cluster(4)
+    await cluster.create()
+    counted = add_counted(cluster, "a")
+    a = cluster.manager("a")
+    await steady(cluster, "a")
+    queue = cluster.names.control_queue(1)
+
+    async def b_asks() -> None:  # lands between a's read and its renewal transaction
+        row = (await cluster.rows())[queue]
+        new = replace_row(row, next_owner="b")
+        await cluster.table.update(new, etag=row.etag, mode=UpdateMode.REPLACE)
+
+    counted.take()
+    for _ in range(2):  # at the loop's cadence, to the step that reads again
+        cluster.clock.advance(OPTIONS.step_interval)
+        await cluster.step("a")
+        assert counted.take() == {"batch": 1}
+    cluster.clock.advance(OPTIONS.step_interval)
+    counted.before_transaction = b_asks
+    changes = await cluster.step("a")
+    # read, batch (412), read again, then row by row: one row starts draining, 3 renewed
+    assert counted.take() == {"query": 2, "batch": 1, "write": 4}
+    assert changes.draining == {queue} == a.draining
+    rows = await cluster.rows()
+    assert rows[queue].is_draining
+    assert rows[queue].next_owner == "b"
+    assert all(r.current_owner == "a" for r in rows.values())
+    assert {r.last_renewal for r in rows.values()} == {cluster.clock()}
+
+
+async def test_a_failed_batch_is_an_error_and_the_next_step_reads() -> None:
+    cluster = Cluster(4)
+    await cluster.create()
+    counted = add_counted(cluster, "a")
+    a = cluster.manager("a")
+    await steady(cluster, "a")
+    cluster.clock.advance(OPTIONS.step_interval)
+    cluster.account.fail_next(OpKind.TABLE_BATCH, StorageError("injected", status=500))
+    changes = await cluster.step("a")
+    assert changes.errors == 1
+    assert changes.retry_now
+    assert a.owned == set(cluster.names.control_queues)  # still believed: not lapsed
+    counted.take()
+    changes = await cluster.step("a")
+    assert not changes.retry_now
+    assert counted.take() == {"query": 1, "write": 4}  # after a failure: row by row
+    rows = await cluster.rows()
+    assert {r.last_renewal for r in rows.values()} == {cluster.clock()}
+
+
+async def test_reads_are_not_skipped_on_request_or_while_anything_is_in_motion() -> None:
+    cluster = Cluster(4)
+    await cluster.create()
+    counted = add_counted(cluster, "a")
+    a = cluster.manager("a")
+    await steady(cluster, "a")
+    counted.take()
+    a.request_read()
+    await cluster.step("a")
+    assert counted.take() == {"query": 1}  # no renewal due yet
+    await cluster.step("a")
+    assert counted.take() == {}  # steady, nothing due: no request at all
+    a.begin_shutdown()
+    await cluster.step("a")
+    assert counted.take() == {"query": 1, "write": 4}  # every row marked draining
+    assert a.draining == set(cluster.names.control_queues)
+    for _ in range(3):
+        cluster.clock.advance(1)
+        await cluster.step("a")
+        assert counted.take()["query"] == 1
+    assert not a.owned
+
+
+async def test_a_dead_workers_rows_are_claimed_at_their_expiry_without_idle_reads() -> None:
+    """With reads skipped, another worker's rows are read (and claimed) as soon as the
+    ExpiresAt last read has passed, not only every idle_read_interval."""
+    cluster = Cluster(4, options=dataclasses.replace(OPTIONS, idle_read_interval=1000.0))
+    await cluster.create()
+    cluster.add("a")
+    counted = add_counted(cluster, "b")
+    a, b = cluster.manager("a"), cluster.manager("b")
+    await cluster.run_until_balanced(20)
+    for _ in range(int(OPTIONS.claim_duration) + 5):
+        await cluster.round()
+    cluster.workers["a"].alive = False
+    theirs = a.owned
+    rows = await cluster.rows()
+    expiry = max(r.expires_at for r in rows.values() if r.expires_at and r.current_owner == "a")
+    counted.take()
+    rounds = 0
+    while cluster.clock() < expiry:
+        await cluster.round()
+        rounds += 1
+        assert b.owned.isdisjoint(theirs)
+    assert counted.take().get("query", 0) <= 2 < rounds  # not every step
+    await cluster.round()  # the first step at or after the expiry reads and claims
+    assert b.owned == set(cluster.names.control_queues)
+
+
+# --- WakeAddress -------------------------------------------------------------------------
+
+
+async def test_the_wake_address_is_written_renewed_and_cleared() -> None:
+    cluster = Cluster(4)
+    await cluster.create()
+    address = "127.0.0.1:4711"
+    add_counted(cluster, "a", wake_address=address)
+    a, b = cluster.manager("a"), cluster.add("b")  # b: no wake address
+    assert (a.wake_address, b.wake_address) == (address, None)
+    await steady(cluster, "a")
+    entities, _ = await cluster.table.query(partition_key="")
+    assert all(e.get("WakeAddress") == address for e in entities)
+    cluster.clock.advance(OPTIONS.step_interval)
+    await cluster.step("a")  # a batch renewal keeps it
+    assert {r.wake_address for r in (await cluster.rows()).values()} == {address}
+
+    b_asked = False
+    for _ in range(20):  # b's share: asked for (a's address stays), released, claimed
+        await cluster.round()
+        rows = await cluster.rows()
+        for queue, row in rows.items():
+            if row.current_owner == "a":
+                assert row.wake_address == address, queue
+            else:
+                assert row.wake_address is None, queue  # released by a, or claimed by b
+            b_asked = b_asked or row.next_owner == "b"
+        if await cluster.balanced():
+            break
+    assert b_asked
+    assert len(b.owned) == 2
+
+    changes = await a.release_all()
+    cluster.workers["a"].apply(changes)
+    entities, _ = await cluster.table.query(partition_key="")
+    assert all("WakeAddress" not in e.properties for e in entities)
+
+
+def test_rows_without_a_wake_address_read_as_none() -> None:
+    lease = PartitionLease(queue="q", current_owner="a")
+    assert lease.wake_address is None
+    assert "WakeAddress" not in lease.to_entity()
+    assert dataclasses.replace(lease, wake_address="[::1]:9").to_entity()["WakeAddress"] == (
+        "[::1]:9"
+    )
+    with pytest.raises(ValueError, match="wake_address"):
+        PartitionManager(
+            MemoryStorageAccount().table("PartHubPartitions"),
+            TaskHubNames(HUB),
+            "a",
+            wake_address="",
+        )
