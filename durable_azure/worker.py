@@ -141,6 +141,7 @@ class _Session:
     #: The messages the current episode is processing (abandoned if it is cancelled).
     in_episode: list[ReceivedMessage] = field(default_factory=list)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
+    task: asyncio.Task[None] | None = None
 
     def take(self) -> tuple[list[ReceivedMessage], list[LocalResult]]:
         batch, results = self.pending, self.results
@@ -310,6 +311,38 @@ class Worker:
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
 
+    def snapshot(self) -> dict[str, Any]:
+        """What this worker is doing right now, for diagnosing a stall: its pollers, the
+        partitions it holds, and every instance in progress with where its task waits.
+        Plain data (JSON-serializable); the shape may change between versions."""
+        pollers = {**self._control_pollers}
+        if self._work_item_poller is not None:
+            pollers[self.provider.work_items.name] = self._work_item_poller
+        partitions = self.partitions
+        return {
+            "worker_id": self.worker_id,
+            "stopping": self._stopping.is_set(),
+            "pollers": {name: _task_state(task) for name, task in pollers.items()},
+            "partitions": {
+                "owned": sorted(partitions.owned),
+                "draining": sorted(partitions.draining),
+            }
+            if partitions is not None
+            else None,
+            "instances": {
+                instance_id: {
+                    "pending": len(session.pending),
+                    "in_episode": len(session.in_episode),
+                    "local_activities": sorted(session.running),
+                    "anchor": session.anchor is not None,
+                    "task": _task_state(session.task) if session.task else None,
+                }
+                for instance_id, session in self._active.items()
+            },
+            "tasks_in_flight": len(self._inflight),
+            "local_activities": self._local_running,
+        }
+
     # --- partitions ----------------------------------------------------------------------
 
     def _start_poller(self, name: str) -> None:
@@ -458,7 +491,7 @@ class Worker:
                 session.wake.set()
             else:
                 session = self._active[instance_id] = _Session(instance_id, batch)
-                self._spawn(self._run_instance(session), [])
+                session.task = self._spawn(self._run_instance(session), [])
         return True
 
     async def _run_instance(self, session: _Session) -> None:
@@ -631,7 +664,7 @@ class Worker:
     def _anchor_renewal_interval(self) -> float:
         return max(1.0, self.options.visibility_timeout.total_seconds() / 2)
 
-    def _spawn(self, work: Awaitable[None], held: list[ReceivedMessage]) -> None:
+    def _spawn(self, work: Awaitable[None], held: list[ReceivedMessage]) -> asyncio.Task[None]:
         async def guarded() -> None:
             try:
                 await work
@@ -644,6 +677,7 @@ class Worker:
         self._inflight.add(task)
         self._held[task] = held
         task.add_done_callback(self._forget)
+        return task
 
     def _forget(self, task: asyncio.Task[None]) -> None:
         self._inflight.discard(task)
@@ -658,3 +692,24 @@ async def _abandon_now(messages: list[ReceivedMessage]) -> None:
     for result in results:
         if isinstance(result, Exception):
             logger.warning("could not abandon a message: %s", result)
+
+
+def _task_state(task: asyncio.Task[Any]) -> dict[str, Any]:
+    """Whether ``task`` runs, and where it waits (innermost frame last)."""
+    if task.done():
+        error = None if task.cancelled() else task.exception()
+        return {"state": "cancelled" if task.cancelled() else "done", "error": repr(error)}
+    frames: list[str] = []
+    awaiting: Any = task.get_coro()
+    while awaiting is not None and len(frames) < _MAX_FRAMES:
+        frame = getattr(awaiting, "cr_frame", None) or getattr(awaiting, "gi_frame", None)
+        if frame is None:
+            frames.append(type(awaiting).__name__)  # a future or another awaitable
+            break
+        code = frame.f_code
+        frames.append(f"{code.co_name} ({os.path.basename(code.co_filename)}:{frame.f_lineno})")
+        awaiting = getattr(awaiting, "cr_await", None) or getattr(awaiting, "gi_yieldfrom", None)
+    return {"state": "running", "where": frames}
+
+
+_MAX_FRAMES = 40

@@ -28,6 +28,10 @@ from durable_azure.testing.hub_cleanup import delete_hub_resources
 
 logger = logging.getLogger(__name__)
 
+# A failing test's report then includes the library's INFO records too (lease changes,
+# hand-overs, worker start and stop), not only its warnings.
+logging.getLogger("durable_azure").setLevel(logging.INFO)
+
 _FIRST_PORT_BASE = 20000
 _HUB_MAX_LENGTH = 45
 

@@ -85,7 +85,12 @@ class EpisodeResult:
 
     @property
     def is_complete(self) -> bool:
-        return self.status is not OrchestrationStatus.Running
+        """True once this execution has ended (continued-as-new included). A Suspended
+        execution has not: it keeps its activities, its parent waits, and it resumes."""
+        return self.status not in _UNFINISHED
+
+
+_UNFINISHED = frozenset({OrchestrationStatus.Running, OrchestrationStatus.Suspended})
 
 
 def failure_from_exception(exc: BaseException) -> FailureDetails:

@@ -96,6 +96,13 @@ STORAGE_RETRY: dict[str, Any] = {
     "random_jitter_range": 1,
 }
 
+#: Socket timeouts of every client, seconds. The table SDK's default read timeout is
+#: 300 s: one request the server never answers (a keep-alive connection closed under it,
+#: an emulator stall) would hold an episode or a lease step that long before the retry
+#: policy sees an error. 30 s matches the storage service's own server-side limit for a
+#: single operation, so a slow-but-working request is never cut short.
+STORAGE_TIMEOUTS: dict[str, Any] = {"connection_timeout": 10, "read_timeout": 30}
+
 _INT32_MIN, _INT32_MAX = -(2**31), 2**31 - 1
 _PARAM_RE = re.compile(r"@p(\d+)")
 
@@ -674,11 +681,13 @@ class AzureStorageAccount:
         try:
             return cls(
                 queue_service=QueueServiceClient.from_connection_string(
-                    connection_string, **STORAGE_RETRY
+                    connection_string, **STORAGE_RETRY, **STORAGE_TIMEOUTS
                 ),
-                table_service=TableServiceClient.from_connection_string(connection_string),
+                table_service=TableServiceClient.from_connection_string(
+                    connection_string, **STORAGE_TIMEOUTS
+                ),
                 blob_service=BlobServiceClient.from_connection_string(
-                    connection_string, **STORAGE_RETRY
+                    connection_string, **STORAGE_RETRY, **STORAGE_TIMEOUTS
                 ),
             )
         except (ValueError, AzureError) as err:
@@ -701,9 +710,10 @@ class AzureStorageAccount:
         ``https://<account>.<service>.core.windows.net``. ``connection_verify``: False, or
         the path of a CA bundle (PEM) to trust instead of the system's (default True).
         """
-        tls: dict[str, Any] = (
+        common: dict[str, Any] = (
             {} if connection_verify is True else {"connection_verify": connection_verify}
         )
+        common.update(STORAGE_TIMEOUTS)
 
         def endpoint(url: str | None, service: str) -> str:
             if url:
@@ -716,13 +726,13 @@ class AzureStorageAccount:
 
         return cls(
             queue_service=QueueServiceClient(
-                endpoint(queue_url, "queue"), credential=credential, **STORAGE_RETRY, **tls
+                endpoint(queue_url, "queue"), credential=credential, **STORAGE_RETRY, **common
             ),
             table_service=TableServiceClient(
-                endpoint(table_url, "table"), credential=credential, **tls
+                endpoint(table_url, "table"), credential=credential, **common
             ),
             blob_service=BlobServiceClient(
-                endpoint(blob_url, "blob"), credential=credential, **STORAGE_RETRY, **tls
+                endpoint(blob_url, "blob"), credential=credential, **STORAGE_RETRY, **common
             ),
         )
 

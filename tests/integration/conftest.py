@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -39,3 +40,16 @@ async def hub(azurite: Any, task_hub: str) -> AsyncIterator[Hub]:
     finally:
         await client.close()
         await worker.stop()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    """When a test that uses ``hub`` fails, show what its worker was doing at that moment
+    (pollers, partitions, instances in progress and where each waits): an intermittent
+    stall is then diagnosable from the CI log alone."""
+    report = yield
+    hub = getattr(item, "funcargs", {}).get("hub")
+    if report.when == "call" and report.failed and isinstance(hub, Hub):
+        snapshot = json.dumps(hub.worker.snapshot(), indent=1, default=str)
+        report.sections.append(("durable-azure worker at the failure", snapshot))
+    return report

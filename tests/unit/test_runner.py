@@ -22,6 +22,8 @@ from durable_azure.engine.history import (
     ExecutionStarted,
     HistoryEvent,
     OrchestrationStatus,
+    SubOrchestrationInstanceCompleted,
+    SubOrchestrationInstanceFailed,
     TaskCompleted,
     TaskScheduled,
     TimerCreated,
@@ -83,6 +85,15 @@ def event_or_timer(ctx: OrchestrationContext) -> Orch:
     return "timed out"
 
 
+def waiter(ctx: OrchestrationContext) -> Orch:
+    return (yield ctx.wait_for_external_event("go"))
+
+
+def parent_of_waiter(ctx: OrchestrationContext) -> Orch:
+    answer = yield ctx.call_sub_orchestrator("waiter", None, instance_id="kid")
+    return f"child said {answer}"
+
+
 def echo_big(ctx: OrchestrationContext) -> Orch:
     result = yield ctx.call_activity("exclaim", ctx.get_input())
     return result
@@ -96,6 +107,8 @@ ORCHESTRATORS = {
     "calls_missing": calls_missing,
     "sleeper": sleeper,
     "echo_big": echo_big,
+    "waiter": waiter,
+    "parent_of_waiter": parent_of_waiter,
 }
 ACTIVITIES = {"add_one": lambda x: x + 1, "exclaim": lambda s: s + "!"}
 
@@ -576,3 +589,29 @@ async def test_a_stale_cached_history_does_not_delete_a_newer_executions_message
     assert [e.result for e in completions_of(events, 0)] == ["21"]  # applied, not deleted
     await h.drain()
     await h.assert_completed("inst", 23)
+
+
+# --- suspension ------------------------------------------------------------------------------
+
+
+async def test_suspending_a_sub_orchestration_does_not_end_it_for_its_parent(
+    h: Harness,
+) -> None:
+    await h.start("parent_of_waiter", "mom")
+    await h.drain()  # the parent waits for "kid", which waits for "go"
+    await h.client.suspend("kid", reason="pause")
+    await h.drain()
+
+    kid = await h.provider.read_instance("kid")
+    assert kid is not None
+    assert kid.runtime_status is OrchestrationStatus.Suspended
+    assert kid.completed_time is None
+    ended = (SubOrchestrationInstanceCompleted, SubOrchestrationInstanceFailed)
+    assert not any(isinstance(e, ended) for e in await h.history("mom"))
+    assert (await h.provider.read_instance("mom")).runtime_status is OrchestrationStatus.Running
+
+    await h.client.raise_event("kid", "go", "yes")  # kept while suspended
+    await h.client.resume("kid")
+    await h.drain()
+    await h.assert_completed("kid", "yes")
+    await h.assert_completed("mom", "child said yes")

@@ -197,3 +197,44 @@ async def test_activity_input_that_is_not_json_is_passed_as_text() -> None:
     done = await runner.execute("echo", "plain text, not JSON", 0)
     assert type(done).__name__ == "TaskCompleted"
     assert done.result == '{"got":"plain text, not JSON"}'  # type: ignore[attr-defined]
+
+
+async def test_snapshot_shows_pollers_partitions_and_instances_in_progress() -> None:
+    app = DurableApp(task_hub=HUB)
+    release = asyncio.Event()
+
+    @app.activity
+    async def held(x: int) -> int:
+        await release.wait()
+        return x
+
+    @app.orchestrator
+    def holds(ctx: Any) -> Generator[Any, Any, int]:
+        return (yield ctx.call_activity(held, 7))
+
+    account = MemoryStorageAccount()
+    worker = Worker(app, account=account, options=WorkerOptions(max_local_activities=1))
+    await worker.start()
+    try:
+        client = DurableClient(AzureStorageProvider(account, app.settings().names))
+        instance_id = await client.start_new("holds")
+        for _ in range(200):
+            if worker.snapshot()["instances"].get(instance_id, {}).get("local_activities"):
+                break
+            await asyncio.sleep(0.01)
+        snap = worker.snapshot()
+        names = app.settings().names
+        assert set(snap["pollers"]) == {*names.control_queues, names.work_item_queue}
+        assert all(p["state"] == "running" for p in snap["pollers"].values())
+        assert snap["partitions"]["owned"] == sorted(names.control_queues)
+        busy = snap["instances"][instance_id]
+        assert busy["local_activities"] == [0]
+        assert busy["anchor"] is True
+        assert busy["task"]["where"][0].startswith("guarded")
+        assert any(frame.startswith("_run_instance") for frame in busy["task"]["where"])
+        release.set()
+        status = await client.wait_for_completion(instance_id, timeout=10)
+        assert status.output == 7
+    finally:
+        await worker.stop()
+    assert all(p["state"] != "running" for p in worker.snapshot()["pollers"].values())
