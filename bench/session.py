@@ -76,10 +76,12 @@ async def bench_hub(
     workers: int = 1,
     partitions: int = DEFAULT_PARTITION_COUNT,
     lease_seconds: float | None = None,
+    max_poll_interval: float | None = None,
 ) -> AsyncIterator[BenchHub]:
     """A fresh task hub ``bench<hex>`` run by ``workers`` processes that share its
-    ``partitions`` evenly (partition leases of ``lease_seconds``; None: the engine's
-    default); everything is stopped and the hub deleted on exit."""
+    ``partitions`` evenly (partition leases of ``lease_seconds`` and idle polls at most
+    ``max_poll_interval`` apart; None: the engine's defaults); everything is stopped and
+    the hub deleted on exit."""
     name = "bench" + uuid.uuid4().hex[:12]
     settings = StorageSettings.resolve(
         connection_string=connection, task_hub=name, partition_count=partitions
@@ -87,7 +89,7 @@ async def bench_hub(
     try:
         async with DurableClient.from_settings(settings) as client:
             await client.provider.create_if_not_exists()
-            options = worker_options(partitions, lease_seconds)
+            options = worker_options(partitions, lease_seconds, max_poll_interval)
             async with running_workers(connection, name, workers, options) as processes:
                 hub = BenchHub(name, client, processes)
                 await wait_until_balanced(hub, partitions)

@@ -104,11 +104,15 @@ class WorkerProcess:
                 self.process.wait(timeout=10)
 
 
-def worker_options(partitions: int, lease_seconds: float | None) -> list[str]:
+def worker_options(
+    partitions: int, lease_seconds: float | None, max_poll_interval: float | None = None
+) -> list[str]:
     """The command-line options of ``bench/worker_main.py`` for these settings."""
     options = ["--partitions", str(partitions), "--shutdown-grace", str(SHUTDOWN_GRACE)]
     if lease_seconds is not None:
         options += ["--lease-seconds", str(lease_seconds)]
+    if max_poll_interval is not None:
+        options += ["--max-poll-interval", str(max_poll_interval)]
     return options
 
 

@@ -86,6 +86,7 @@ async def _cmd_worker(args: argparse.Namespace) -> int:
         "max_concurrent_activities": args.max_activities,
         "max_poll_interval": args.max_poll_interval,
         "shutdown_grace": args.shutdown_grace,
+        "wake_ups": False if args.no_wake_ups else None,
     }
     if args.visibility_timeout is not None:
         tuning["visibility_timeout"] = timedelta(seconds=args.visibility_timeout)
@@ -422,6 +423,11 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--max-activities", type=int, help="activities at once (10 x cores)")
     worker.add_argument(
         "--max-poll-interval", type=float, metavar="S", help="longest idle poll delay (5)"
+    )
+    worker.add_argument(
+        "--no-wake-ups",
+        action="store_true",
+        help="no loopback UDP wake-ups (poll only; see docs/design.md)",
     )
     worker.add_argument(
         "--visibility-timeout",

@@ -55,6 +55,7 @@ from durable_azure.storage.queries import (
     query_instances,
 )
 from durable_azure.storage.tracking import InstanceRecord
+from durable_azure.wake import WakeSender
 
 
 class WaitTimeoutError(DurableAzureError, TimeoutError):
@@ -175,12 +176,26 @@ class DurableClient:
 
     Create it with :meth:`from_app` or :meth:`from_settings`, and close it (or use it as an
     async context manager) to release its connections.
+
+    With ``wake_ups`` (the default), every message it sends is followed by a wake-up
+    datagram to the worker that owns the queue (see :mod:`durable_azure.wake`), so an
+    idle worker picks it up at once instead of at its next poll.
     """
 
-    def __init__(self, provider: AzureStorageProvider, *, owns_account: bool = False) -> None:
+    def __init__(
+        self,
+        provider: AzureStorageProvider,
+        *,
+        owns_account: bool = False,
+        wake_ups: bool = True,
+    ) -> None:
         self.provider = provider
         self._owns_account = owns_account
         self._hub_ready = False
+        self._wake_sender: WakeSender | None = None
+        if wake_ups:
+            self._wake_sender = WakeSender.for_account(provider.account, provider.names)
+            provider.add_send_listener(self._wake_sender.notify)
 
     @classmethod
     def from_settings(
@@ -196,6 +211,8 @@ class DurableClient:
         return cls.from_settings(app.settings(**overrides))
 
     async def close(self) -> None:
+        if self._wake_sender is not None:
+            await self._wake_sender.aclose()
         if self._owns_account:
             await self.provider.account.close()
 

@@ -106,10 +106,13 @@ class EpisodeOutcome:
             run: the caller renews its visibility and passes it to the next ``process``
             call. If this process dies, the anchor reappears and whoever receives it runs
             the instance's unfinished local activities again (see docs/design.md).
+        retry: results of local activities this episode could not checkpoint (storage
+            failed): pass them to a later ``process`` call, after a backoff.
     """
 
     local: list[LocalTask] = field(default_factory=list)
     anchor: ReceivedMessage | None = None
+    retry: list[LocalResult] = field(default_factory=list)
 
 
 def is_local(event: HistoryEvent) -> bool:
@@ -249,7 +252,7 @@ class EpisodeRunner:
         except SessionAbortedError as exc:
             logger.warning("%s", exc, extra=log_extra)
             self.cache.drop(instance_id)
-            await _abandon_all(held, delay=1.0)
+            return await _after_storage_failure(batch, results, anchor, running, delay=1.0)
         except (TimeoutError, StorageError, OSError) as exc:
             logger.warning(
                 "episode of %s failed on storage, messages abandoned: %s",
@@ -258,7 +261,7 @@ class EpisodeRunner:
                 extra=log_extra,
             )
             self.cache.drop(instance_id)
-            await _abandon_all(held)
+            return await _after_storage_failure(batch, results, anchor, running, delay=None)
         except Exception:
             # A bug or a payload this version cannot handle: keep the messages (never
             # drop them) and retry with a growing delay rather than in a tight loop.
@@ -269,8 +272,9 @@ class EpisodeRunner:
             )
             self.cache.drop(instance_id)
             await _abandon_all(held)
-        # This episode's results are lost with it; the abandoned anchor (or message) brings
-        # the instance back, and its unfinished local activities then run again.
+        # A bug may be in the results' path too: they are dropped, and the abandoned
+        # anchor brings the instance back (its unfinished local activities then run
+        # again, and the anchor's dequeue count leads a repeating failure to poison).
         return EpisodeOutcome()
 
     async def _process(
@@ -876,6 +880,25 @@ class EpisodeRunner:
         ):
             out.append(effects.notify_parent(parent, instance_id, execution_id, result, now))
         return out
+
+
+async def _after_storage_failure(
+    batch: list[ReceivedMessage],
+    results: Sequence[LocalResult],
+    anchor: ReceivedMessage | None,
+    running: AbstractSet[int],
+    *,
+    delay: float | None,
+) -> EpisodeOutcome:
+    """An episode failed on storage (or lost a race): its messages go back to the queue.
+    Results of local activities, and the anchor that stands for them, stay with the
+    caller for a retry - dropping them would run those activities again, and leave the
+    instance waiting for the anchor's visibility timeout if storage is down."""
+    if anchor is not None and (results or running):
+        await _abandon_all(batch, delay)
+        return EpisodeOutcome(anchor=anchor, retry=list(results))
+    await _abandon_all([*batch, anchor] if anchor is not None else batch, delay)
+    return EpisodeOutcome()
 
 
 async def _abandon_all(batch: list[ReceivedMessage], delay: float | None = None) -> None:

@@ -100,6 +100,9 @@ MAX_DATAGRAM_BYTES = 512
 DEFAULT_MIN_INTERVAL = 0.01
 #: The sender re-reads the partitions table at most this often.
 DEFAULT_REFRESH_INTERVAL = 5.0
+#: Seconds :meth:`WakeSender.aclose` waits for the first read of the partitions rows, so
+#: the wake-ups notified before it still go out.
+FLUSH_TIMEOUT = 1.0
 
 
 def _utc_now() -> datetime:
@@ -379,7 +382,6 @@ class WakeSender:
         self._next_refresh = float("-inf")
         self._refresh_task: asyncio.Task[None] | None = None
         self._pending: set[str] = set()  # notified before the first read
-        self._sockets: dict[int, socket.socket] = {}
         self._closed = False
 
     @classmethod
@@ -434,18 +436,26 @@ class WakeSender:
         self.stats["refreshes"] += 1
 
     def close(self) -> None:
-        """Stop: cancel the refresh in flight, close the socket(s). Notify then does
+        """Stop: cancel the refresh in flight. Notify then does
         nothing. (:meth:`aclose` also waits for the cancelled refresh to end.)"""
         self._closed = True
         self._pending.clear()
         if self._refresh_task is not None:
             self._refresh_task.cancel()
-        for sock in self._sockets.values():
-            sock.close()
-        self._sockets.clear()
 
     async def aclose(self) -> None:
-        """:meth:`close`, then wait for the cancelled refresh task to finish."""
+        """Send the wake-ups still waiting for the first read of the rows (waiting for
+        that read at most :data:`FLUSH_TIMEOUT` seconds: a one-shot client, such as a CLI
+        command, closes right after its send), then :meth:`close` and wait for the
+        cancelled refresh task to finish."""
+        task = self._refresh_task
+        if (
+            self._pending
+            and task is not None
+            and not task.done()
+            and task is not asyncio.current_task()
+        ):
+            await asyncio.wait({task}, timeout=FLUSH_TIMEOUT)
         self.close()
         task, self._refresh_task = self._refresh_task, None
         if task is not None and task is not asyncio.current_task():
@@ -510,22 +520,14 @@ class WakeSender:
         for address in addresses:
             try:
                 host, port = parse_address(address)
-                sock = self._socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
-                sock.sendto(payload, (host, port))
+                # A socket per datagram (microseconds, next to the HTTP send that came
+                # before): a sender holds no socket, so a client never closed leaks none.
+                family = socket.AF_INET6 if ":" in host else socket.AF_INET
+                with socket.socket(family, socket.SOCK_DGRAM) as sock:
+                    sock.setblocking(False)
+                    sock.sendto(payload, (host, port))
             except (OSError, ValueError) as exc:  # BlockingIOError: buffer full, dropped
                 self.stats["send_failed"] += 1
                 logger.debug("wake sender: %s to %s failed: %s", queue_name, address, exc)
             else:
                 self.stats["sent"] += 1
-
-    def _socket(self, family: int) -> socket.socket:
-        sock = self._sockets.get(family)
-        if sock is None:
-            sock = socket.socket(family, socket.SOCK_DGRAM)
-            try:
-                sock.setblocking(False)
-            except OSError:
-                sock.close()
-                raise
-            self._sockets[family] = sock
-        return sock

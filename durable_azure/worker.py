@@ -45,11 +45,20 @@ from durable_azure.storage.queues import (
     TaskHubQueue,
     UnreadableMessage,
 )
+from durable_azure.wake import WakeListener, WakeSender
 
 logger = logging.getLogger(__name__)
 
 #: Seconds :meth:`Worker.stop` waits for the cancelled partition lease loop.
 LEASE_LOOP_STOP_TIMEOUT = 10.0
+
+#: Longest wait, seconds, before an episode retries checkpointing the results of local
+#: activities after a storage failure (1, 2, 4, 8, then every 10 s while it lasts).
+LOCAL_RETRY_MAX_DELAY = 10.0
+
+#: Seconds after a delayed message's due time at which its queue is polled (the queue's
+#: own clock may lag ours a little).
+DUE_WAKE_SLACK = 0.05
 
 
 @dataclass(frozen=True)
@@ -76,6 +85,12 @@ class WorkerOptions:
             worker shares them. 0 (the default for now) sends every activity through the
             queue (DTFx's flow); see docs/design.md for what a crash re-runs, and why it
             is not the default yet.
+        wake_ups: push wake-ups (:mod:`durable_azure.wake`): listen on a loopback UDP
+            port published in this worker's partition rows, so a client or another
+            worker that sends to a queue this worker polls wakes its poller at once; and
+            wake the owners of queues this worker sends to. Also wakes a poller when a
+            timer or delayed message it sent comes due. Polling goes on regardless (a
+            lost wake-up only delays a message to the next poll).
     """
 
     max_concurrent_orchestrations: int = 100
@@ -89,6 +104,7 @@ class WorkerOptions:
     partition_leases: bool = True
     leases: LeaseOptions = field(default_factory=LeaseOptions)
     max_local_activities: int = 0
+    wake_ups: bool = True
 
     def __post_init__(self) -> None:
         if self.max_concurrent_orchestrations < 1 or self.max_concurrent_activities < 1:
@@ -142,11 +158,24 @@ class _Session:
     in_episode: list[ReceivedMessage] = field(default_factory=list)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
+    #: Loop time before which results kept from a failed episode are not retried (new
+    #: messages still run at once, and take the results along).
+    retry_at: float = 0.0
+    #: Episodes in a row that failed to checkpoint local results.
+    failures: int = 0
+    #: Loop time the anchor's visibility was last extended.
+    anchor_renewed_at: float = 0.0
 
     def take(self) -> tuple[list[ReceivedMessage], list[LocalResult]]:
         batch, results = self.pending, self.results
         self.pending, self.results = [], []
         return batch, results
+
+    def seconds_to_retry(self, now: float) -> float:
+        """0 if an episode should run now; else how long the kept results wait."""
+        if self.pending or (self.results and now >= self.retry_at):
+            return 0.0
+        return self.retry_at - now if self.results else float("inf")
 
 
 class Worker:
@@ -209,6 +238,10 @@ class Worker:
         self._lease_loop: asyncio.Task[None] | None = None
         self._lease_stop = asyncio.Event()
         self.provider.add_send_listener(self._on_local_send)
+        self.provider.add_delayed_send_listener(self._on_delayed_send)
+        self._wake_listener: WakeListener | None = None
+        self._wake_sender: WakeSender | None = None
+        self._due_wakes: set[asyncio.TimerHandle] = set()
 
     # --- lifecycle -----------------------------------------------------------------------
 
@@ -227,6 +260,7 @@ class Worker:
                 if poller is not None:
                     poller.cancel()
             self._executor.shutdown(wait=False, cancel_futures=True)
+            await self._close_wake_ups()
             if self._owns_account:
                 await self.account.close()
             raise
@@ -239,11 +273,16 @@ class Worker:
             self._backoffs[queue.name] = _Backoff(
                 self.options.min_poll_interval, self.options.max_poll_interval
             )
+        wake_address = await self._open_wake_ups()
         if self.options.partition_leases:
             # Control queues are polled only while this worker holds their lease; the
             # first step runs here, so a worker that is alone starts polling at once.
             self.partitions = PartitionManager.for_account(
-                self.account, self.settings.names, self.worker_id, options=self.options.leases
+                self.account,
+                self.settings.names,
+                self.worker_id,
+                options=self.options.leases,
+                wake_address=wake_address,
             )
             await self.partitions.create_rows()
             await self._apply_partitions(await self.partitions.step())
@@ -286,6 +325,7 @@ class Worker:
                 *(m.queue.abandon(m.raw, 0.0) for m in held), return_exceptions=True
             )
         await self._release_partitions()
+        await self._close_wake_ups()
         self._executor.shutdown(wait=False, cancel_futures=True)
         if self._owns_account:
             await self.account.close()
@@ -429,12 +469,58 @@ class Worker:
                 LEASE_LOOP_STOP_TIMEOUT,
             )
 
-    # --- polling -------------------------------------------------------------------------
+    # --- wake-ups ------------------------------------------------------------------------
+
+    async def _open_wake_ups(self) -> str | None:
+        """Start the wake-up listener and sender (see ``WorkerOptions.wake_ups``); returns
+        the address to publish in the partition rows. A listener that cannot bind is
+        logged and skipped: wake-ups only speed things up."""
+        if not self.options.wake_ups:
+            return None
+        names = self.settings.names
+        listener = WakeListener(names, self._on_local_send)
+        try:
+            await listener.start()
+        except OSError as exc:
+            logger.warning("no wake-up listener (polling only): %s", exc)
+            return None
+        self._wake_listener = listener
+        self._wake_sender = WakeSender.for_account(
+            self.account, names, skip_address=listener.address
+        )
+        self.provider.add_send_listener(self._wake_sender.notify)
+        return listener.address
+
+    async def _close_wake_ups(self) -> None:
+        for handle in self._due_wakes:
+            handle.cancel()
+        self._due_wakes.clear()
+        if self._wake_sender is not None:
+            await self._wake_sender.aclose()
+        if self._wake_listener is not None:
+            await self._wake_listener.close()
 
     def _on_local_send(self, queue_name: str) -> None:
+        """A message was sent to ``queue_name`` (here, or by a wake-up): poll it now."""
         backoff = self._backoffs.get(queue_name)
         if backoff is not None:
             backoff.wake.set()
+
+    def _on_delayed_send(self, queue_name: str, delay: float) -> None:
+        """A timer or delayed message sent to a queue this worker polls: poll it when it
+        comes due, however long the idle backoff has grown."""
+        if queue_name not in self._backoffs or self._stopping.is_set():
+            return
+        loop = asyncio.get_running_loop()
+
+        def due() -> None:
+            self._due_wakes.discard(handle)
+            self._on_local_send(queue_name)
+
+        handle = loop.call_later(delay + DUE_WAKE_SLACK, due)
+        self._due_wakes.add(handle)
+
+    # --- polling -------------------------------------------------------------------------
 
     async def _receive(
         self, queue: TaskHubQueue, max_messages: int
@@ -497,28 +583,33 @@ class Worker:
     async def _run_instance(self, session: _Session) -> None:
         """Run episodes for one instance until nothing waits for it: no message, and no
         activity it runs in-process. Between episodes the anchor message is kept hidden."""
+        loop = asyncio.get_running_loop()
+        session.anchor_renewed_at = loop.time()
         try:
             while True:
                 session.wake.clear()
-                batch, results = session.take()
-                if self._stopping.is_set() and batch:
+                if self._stopping.is_set() and session.pending:
                     # Stopping: finish what runs here, take nothing new.
+                    batch, session.pending = session.pending, []
                     await _abandon_now(batch)
-                    batch = []
-                if batch or results:
-                    await self._episode(session, batch, results)
+                wait = session.seconds_to_retry(loop.time())
+                if wait <= 0:
+                    await self._episode(session, *session.take())
                     continue
-                if not session.running:
+                if not session.running and not session.results:
                     if session.anchor is not None:
                         # Only when stopping: local activities that never started here are
                         # left; the anchor, visible again, brings them to another worker.
                         await _abandon_now([session.anchor])
                         session.anchor = None
                     return
+                renew_in = session.anchor_renewed_at + self._anchor_renewal_interval - loop.time()
                 try:
-                    async with asyncio.timeout(self._anchor_renewal_interval):
+                    async with asyncio.timeout(max(0.0, min(wait, renew_in))):
                         await session.wake.wait()
                 except TimeoutError:
+                    pass
+                if loop.time() >= session.anchor_renewed_at + self._anchor_renewal_interval:
                     await self._renew_anchor(session)
         except asyncio.CancelledError:
             # A stop that ran out of grace: hand everything back at once so another
@@ -561,6 +652,15 @@ class Worker:
             )
         session.in_episode = []
         session.anchor = outcome.anchor
+        if outcome.retry:
+            # Storage failed: keep the results (and the anchor) and try again after a
+            # backoff, rather than lose them and run those activities a second time.
+            session.results[:0] = outcome.retry
+            session.failures += 1
+            delay = min(LOCAL_RETRY_MAX_DELAY, 2 ** (session.failures - 1))
+            session.retry_at = asyncio.get_running_loop().time() + delay
+        elif batch or results:
+            session.failures = 0
         for task in outcome.local:
             self._start_local(session, task)
 
@@ -590,6 +690,7 @@ class Worker:
         )
 
     async def _renew_anchor(self, session: _Session) -> None:
+        session.anchor_renewed_at = asyncio.get_running_loop().time()
         anchor = session.anchor
         if anchor is None:
             return

@@ -45,6 +45,8 @@ logger = logging.getLogger(__name__)
 
 #: Called after a message is enqueued to a queue, so an in-process poller can wake up.
 SendListener = Callable[[str], None]
+#: Told the queue name and the delay (seconds) after each delayed enqueue.
+DelayedSendListener = Callable[[str, float], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +93,7 @@ class AzureStorageProvider:
         self.work_items = TaskHubQueue(account.queue(names.work_item_queue), self.payloads)
         self.poison = PoisonStore(account.container(names.poison_container))
         self._send_listeners: list[SendListener] = []
+        self._delayed_send_listeners: list[DelayedSendListener] = []
 
     # --- task hub ------------------------------------------------------------------------
 
@@ -137,8 +140,14 @@ class AzureStorageProvider:
         return self.control_queues[self.names.partition_of(instance_id)]
 
     def add_send_listener(self, listener: SendListener) -> None:
-        """Register a callback told the queue name after each enqueue from this process."""
+        """Register a callback told the queue name after each enqueue from this process
+        of a message that is visible at once."""
         self._send_listeners.append(listener)
+
+    def add_delayed_send_listener(self, listener: DelayedSendListener) -> None:
+        """Register a callback told the queue name and the delay after each enqueue of a
+        message that becomes visible later (timers, retries, scheduled starts)."""
+        self._delayed_send_listeners.append(listener)
 
     async def send(self, outbound: Outbound) -> None:
         queue = (
@@ -150,6 +159,9 @@ class AzureStorageProvider:
         if outbound.delay <= 0:
             for listener in self._send_listeners:
                 listener(queue.name)
+        else:
+            for delayed in self._delayed_send_listeners:
+                delayed(queue.name, outbound.delay)
 
     # --- starting instances (client side) ------------------------------------------------
 

@@ -32,7 +32,14 @@ EXPECTED_FIGURES = {
     "fanout_1000": ["n", "seconds"],
     "fanout_10000": [],
     "external_events": ["events", "events_per_s"],
-    "idle": ["idle_seconds", "transactions_per_hour", "first_pickup_ms"],
+    "idle": [
+        "idle_seconds",
+        "transactions_per_hour",
+        "first_pickup_ms",
+        "long_poll.max_poll_interval",
+        "long_poll.transactions_per_hour",
+        "long_poll.first_pickup_ms",
+    ],
     "workers_3_vs_1": ["ratio", "one_worker_per_s", "three_workers_per_s"],
     "machine": ["cpus", "python"],
 }

@@ -12,10 +12,13 @@ from typing import Any
 import pytest
 from azure.data.tables import TableClient
 
+from durable_azure import DurableClient, Worker, WorkerOptions
 from durable_azure.storage.azure_primitives import AzureStorageAccount
 from durable_azure.storage.names import TaskHubNames
 from durable_azure.storage.partitions import PartitionManager
 from durable_azure.wake import WakeListener, WakeSender
+from tests.integration.apps import app
+from tests.integration.test_orchestrations import expected_chain
 
 pytestmark = pytest.mark.azurite
 
@@ -142,3 +145,26 @@ async def test_a_sender_reading_the_table_wakes_the_owner(azurite: Any, task_hub
             await manager.release_all()
     finally:
         await listener.close()
+
+
+async def test_a_worker_with_polling_all_but_off_is_woken_by_a_client(
+    azurite: Any, task_hub: str
+) -> None:
+    # The worker polls each queue once, then waits 10 minutes between empty polls: the
+    # orchestration below completes only through wake-ups (the client's datagram for the
+    # start, then the worker's own sends), on Azurite's real tables and queues.
+    options = WorkerOptions(min_poll_interval=600, max_poll_interval=600)
+    settings = {"connection_string": azurite.connection_string, "task_hub": task_hub}
+    async with Worker(app, options=options, **settings) as worker:
+        rows = sdk_rows(azurite.connection_string, worker.settings.names)
+        assert worker._wake_listener is not None
+        address = worker._wake_listener.address
+        assert {row["WakeAddress"] for row in rows.values()} == {address}
+        await asyncio.sleep(0.5)  # every poller has polled once and now waits
+        client = DurableClient.from_app(app, **settings)
+        try:
+            instance_id = await client.start_new("chain5", client_input=1)
+            status = await client.wait_for_completion(instance_id, timeout=30)
+        finally:
+            await client.close()
+    assert status.output == expected_chain(1)

@@ -16,6 +16,7 @@ from harness import VISIBILITY, Harness
 
 from durable_azure.engine.context import OrchestrationContext
 from durable_azure.engine.history import TaskScheduled
+from durable_azure.errors import StorageError
 from durable_azure.runner import EpisodeOutcome, EpisodeRunner, LocalResult, is_local
 from durable_azure.storage.primitives import OpKind
 from durable_azure.storage.queues import ReceivedMessage
@@ -70,6 +71,18 @@ async def run_local(h: Harness, outcome: EpisodeOutcome) -> list[LocalResult]:
         )
         results.append(LocalResult(task.execution_id, event))
     return results
+
+
+async def run_to_the_end(h: Harness, outcome: EpisodeOutcome) -> None:
+    """Go on from ``outcome`` (of instance ``inst``) until nothing local is left."""
+    while outcome.local:
+        outcome = await h.episodes.process(
+            "inst",
+            [],
+            results=await run_local(h, outcome),
+            anchor=outcome.anchor,
+            run_locally=take_all,
+        )
 
 
 async def run_session(h: Harness, runner: EpisodeRunner, instance_id: str) -> int:
@@ -139,14 +152,7 @@ async def test_a_crash_while_a_local_activity_runs_reruns_it_from_the_anchor(h: 
     outcome = await h.episodes.process(
         "inst", [], results=results, anchor=recovered.anchor, run_locally=take_all
     )
-    while outcome.local:
-        outcome = await h.episodes.process(
-            "inst",
-            [],
-            results=await run_local(h, outcome),
-            anchor=outcome.anchor,
-            run_locally=take_all,
-        )
+    await run_to_the_end(h, outcome)
     await h.assert_completed("inst", 13)
     assert h.calls["add_one"] == 4  # three tasks, one of them run twice
 
@@ -220,3 +226,54 @@ async def test_without_run_locally_every_activity_goes_to_the_queue(h: Harness) 
     await h.drain()
     await h.assert_completed("inst", 13)
     assert not any(is_local(e) for e in await h.history("inst"))
+
+
+async def fail_the_second_episode(
+    h: Harness, error: Exception
+) -> tuple[EpisodeOutcome, list[LocalResult], EpisodeOutcome]:
+    """Run ``chain``'s first episode and its first local activity, then the episode that
+    records its result, whose history write raises ``error``; returns the three."""
+    await h.start("chain", "inst", 10)
+    first = await h.episodes.process("inst", await receive(h, "inst"), run_locally=take_all)
+    results = await run_local(h, first)
+    h.account.fail_next(OpKind.TABLE_BATCH, error)
+    failed = await h.episodes.process(
+        "inst", [], results=results, anchor=first.anchor, run_locally=take_all
+    )
+    return first, results, failed
+
+
+async def test_a_storage_failure_keeps_local_results_for_a_retry(h: Harness) -> None:
+    # The history write of the episode that would record task 0's result fails.
+    first, results, failed = await fail_the_second_episode(h, StorageError("storage is down"))
+
+    # Nothing is lost: the result and the anchor come back for a retry, the anchor is
+    # still hidden (not abandoned), and no new activity was started.
+    assert failed.retry == results
+    assert failed.anchor is first.anchor
+    assert failed.local == []
+    queue = h.provider.control_queue_of("inst").queue
+    assert await queue.approximate_count() == 1
+    assert await queue.peek(32) == []
+
+    outcome = await h.episodes.process(
+        "inst", [], results=failed.retry, anchor=failed.anchor, run_locally=take_all
+    )
+    assert [t.scheduled.event_id for t in outcome.local] == [1]
+    await run_to_the_end(h, outcome)
+    await h.assert_completed("inst", 13)
+    assert h.calls["add_one"] == 3  # no activity ran twice
+
+
+async def test_a_bug_on_the_results_path_drops_them_and_the_anchor_brings_them_back(
+    h: Harness,
+) -> None:
+    first, _, failed = await fail_the_second_episode(h, RuntimeError("a bug"))
+
+    # Not retried in a loop: the anchor is abandoned, so its dequeue count rises with
+    # every failure and a bug that repeats ends in the poison path, never forever.
+    assert failed == EpisodeOutcome()
+    h.clock.advance(VISIBILITY.total_seconds() + 1)
+    redelivered = await receive(h, "inst")
+    assert [m.raw.id for m in redelivered] == [first.anchor.raw.id]
+    assert redelivered[0].dequeue_count == 2

@@ -238,3 +238,36 @@ async def test_snapshot_shows_pollers_partitions_and_instances_in_progress() -> 
     finally:
         await worker.stop()
     assert all(p["state"] != "running" for p in worker.snapshot()["pollers"].values())
+
+
+async def test_with_polling_all_but_off_wake_ups_still_move_every_message() -> None:
+    # Pollers wait 10 minutes between empty polls, so everything below happens only
+    # because something woke them: the client's datagram for the start (another
+    # "process": its own provider), this worker's own sends (activity, result), and the
+    # due time of the timer it scheduled.
+    app = DurableApp(task_hub=HUB)
+
+    @app.activity
+    def double(x: int) -> int:
+        return 2 * x
+
+    @app.orchestrator
+    def nap_then_double(ctx: Any) -> Generator[Any, Any, int]:
+        yield ctx.create_timer(ctx.current_utc_datetime + timedelta(seconds=1))
+        return (yield ctx.call_activity(double, ctx.get_input()))
+
+    account = MemoryStorageAccount()
+    options = WorkerOptions(min_poll_interval=600, max_poll_interval=600)
+    worker = Worker(app, account=account, options=options)
+    await worker.start()
+    client = DurableClient(AzureStorageProvider(account, app.settings().names))
+    try:
+        await asyncio.sleep(0.2)  # every poller has made its first poll and now waits
+        instance_id = await client.start_new("nap_then_double", client_input=21)
+        status = await client.wait_for_completion(instance_id, timeout=30)
+        assert status.output == 42
+        assert worker._wake_listener is not None
+        assert worker._wake_listener.stats["delivered"] >= 1  # the client's wake-up
+    finally:
+        await client.close()
+        await worker.stop()
