@@ -84,8 +84,6 @@ def worker_options(args: argparse.Namespace) -> WorkerOptions:
     tuning: dict[str, Any] = {
         "max_poll_interval": args.max_poll_interval,
         "shutdown_grace": args.shutdown_grace,
-        # The design under measurement (issue 6): activities run in-process.
-        "max_local_activities": 1000,
     }
     if args.lease_seconds is not None:
         tuning["leases"] = LeaseOptions(
@@ -128,7 +126,17 @@ def run() -> None:
     task = loop.create_task(main(args))
     loop.add_signal_handler(signal.SIGTERM, task.cancel)
     loop.add_signal_handler(signal.SIGINT, task.cancel)
-    loop.run_until_complete(task)
+    # For finding where the worker's CPU goes: DURABLE_BENCH_PROFILE=DIR writes a cProfile
+    # of each worker process there (read it with `python -m pstats FILE`).
+    profile_dir = os.environ.get("DURABLE_BENCH_PROFILE")
+    if not profile_dir:
+        loop.run_until_complete(task)
+        return
+    import cProfile
+
+    with cProfile.Profile() as profile:
+        loop.run_until_complete(task)
+    profile.dump_stats(Path(profile_dir) / f"worker-{os.getpid()}.pstats")
 
 
 if __name__ == "__main__":

@@ -312,7 +312,9 @@ class EpisodeRunner:
         if not triage.accepted and not fresh:
             if triage.terminate_pending is not None:
                 await self._terminate_before_start(instance_id, triage.terminate_pending)
-            elif triage.discard:
+            elif triage.discard or results:
+                # Duplicates, or results an episode already committed before it failed
+                # at a later step: the Instances row may lag the history (step 3).
                 await self._repair_instance_row(instance_id, history)
             consumed, kept = _settle_anchor(triage.discard, anchor, keep=bool(running or orphans))
             await _gather(m.queue.delete(m.raw) for m in consumed)

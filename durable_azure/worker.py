@@ -52,6 +52,9 @@ logger = logging.getLogger(__name__)
 #: Seconds :meth:`Worker.stop` waits for the cancelled partition lease loop.
 LEASE_LOOP_STOP_TIMEOUT = 10.0
 
+#: Default of ``WorkerOptions.max_local_activities``.
+DEFAULT_MAX_LOCAL_ACTIVITIES = 1000
+
 #: Longest wait, seconds, before an episode retries checkpointing the results of local
 #: activities after a storage failure (1, 2, 4, 8, then every 10 s while it lasts).
 LOCAL_RETRY_MAX_DELAY = 10.0
@@ -82,9 +85,8 @@ class WorkerOptions:
         max_local_activities: activities of its own orchestrations this worker takes
             in-process at once (queued for a slot or running) instead of sending them
             through the work-item queue; beyond it they go to the queue, where every
-            worker shares them. 0 (the default for now) sends every activity through the
-            queue (DTFx's flow); see docs/design.md for what a crash re-runs, and why it
-            is not the default yet.
+            worker shares them. 0 sends every activity through the queue (DTFx's
+            flow). See docs/design.md for what a crash re-runs.
         wake_ups: push wake-ups (:mod:`durable_azure.wake`): listen on a loopback UDP
             port published in this worker's partition rows, so a client or another
             worker that sends to a queue this worker polls wakes its poller at once; and
@@ -103,7 +105,7 @@ class WorkerOptions:
     max_dequeue_count: int = DEFAULT_MAX_DEQUEUE_COUNT
     partition_leases: bool = True
     leases: LeaseOptions = field(default_factory=LeaseOptions)
-    max_local_activities: int = 0
+    max_local_activities: int = DEFAULT_MAX_LOCAL_ACTIVITIES
     wake_ups: bool = True
 
     def __post_init__(self) -> None:

@@ -44,12 +44,16 @@ async def hub(azurite: Any, task_hub: str) -> AsyncIterator[Hub]:
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
-    """When a test that uses ``hub`` fails, show what its worker was doing at that moment
-    (pollers, partitions, instances in progress and where each waits): an intermittent
-    stall is then diagnosable from the CI log alone."""
+    """When a test that uses a :class:`Hub` fixture fails, show what its worker was doing
+    at that moment (pollers, partitions, instances in progress and where each waits): an
+    intermittent stall is then diagnosable from the CI log alone."""
     report = yield
-    hub = getattr(item, "funcargs", {}).get("hub")
-    if report.when == "call" and report.failed and isinstance(hub, Hub):
-        snapshot = json.dumps(hub.worker.snapshot(), indent=1, default=str)
-        report.sections.append(("durable-azure worker at the failure", snapshot))
+    if report.when == "call" and report.failed:
+        for name, value in getattr(item, "funcargs", {}).items():
+            worker = getattr(value, "worker", None)  # a Hub (the class may be imported twice)
+            if isinstance(worker, Worker):
+                snapshot = json.dumps(worker.snapshot(), indent=1, default=str)
+                report.sections.append(
+                    (f"durable-azure worker of {name!r} at the failure", snapshot)
+                )
     return report

@@ -15,7 +15,7 @@ import pytest
 from harness import VISIBILITY, Harness
 
 from durable_azure.engine.context import OrchestrationContext
-from durable_azure.engine.history import TaskScheduled
+from durable_azure.engine.history import OrchestrationStatus, TaskScheduled
 from durable_azure.errors import StorageError
 from durable_azure.runner import EpisodeOutcome, EpisodeRunner, LocalResult, is_local
 from durable_azure.storage.primitives import OpKind
@@ -277,3 +277,35 @@ async def test_a_bug_on_the_results_path_drops_them_and_the_anchor_brings_them_b
     redelivered = await receive(h, "inst")
     assert [m.raw.id for m in redelivered] == [first.anchor.raw.id]
     assert redelivered[0].dequeue_count == 2
+
+
+async def test_a_retry_after_the_history_was_written_repairs_the_instances_row(
+    h: Harness,
+) -> None:
+    await h.start("chain", "inst", 10)
+    outcome = await h.episodes.process("inst", await receive(h, "inst"), run_locally=take_all)
+    for _ in range(2):
+        outcome = await h.episodes.process(
+            "inst",
+            [],
+            results=await run_local(h, outcome),
+            anchor=outcome.anchor,
+            run_locally=take_all,
+        )
+    last = await run_local(h, outcome)
+    # The last episode writes ExecutionCompleted to history (step 2), then its Instances
+    # update (step 3) fails.
+    h.account.fail_next(OpKind.TABLE_WRITE, StorageError("Instances is down"))
+    failed = await h.episodes.process("inst", [], results=last, anchor=outcome.anchor)
+    assert failed.retry == last
+    row = await h.provider.read_instance("inst")
+    assert row is not None
+    assert row.runtime_status is OrchestrationStatus.Running
+
+    # The retry finds its result already in history: it brings the row up to date and
+    # lets go of the anchor.
+    done = await h.episodes.process("inst", [], results=failed.retry, anchor=failed.anchor)
+
+    assert done == EpisodeOutcome()
+    await h.assert_completed("inst", 13)
+    assert h.calls["add_one"] == 3
