@@ -52,6 +52,9 @@ logger = logging.getLogger(__name__)
 #: Seconds :meth:`Worker.stop` waits for the cancelled partition lease loop.
 LEASE_LOOP_STOP_TIMEOUT = 10.0
 
+#: At most this many frames of a task's await chain in :meth:`Worker.snapshot`.
+_MAX_FRAMES = 40
+
 #: Default of ``WorkerOptions.max_local_activities``.
 DEFAULT_MAX_LOCAL_ACTIVITIES = 1000
 
@@ -813,6 +816,3 @@ def _task_state(task: asyncio.Task[Any]) -> dict[str, Any]:
         frames.append(f"{code.co_name} ({os.path.basename(code.co_filename)}:{frame.f_lineno})")
         awaiting = getattr(awaiting, "cr_await", None) or getattr(awaiting, "gi_yieldfrom", None)
     return {"state": "running", "where": frames}
-
-
-_MAX_FRAMES = 40
