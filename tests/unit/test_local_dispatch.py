@@ -15,9 +15,15 @@ import pytest
 from harness import VISIBILITY, Harness
 
 from durable_azure.engine.context import OrchestrationContext
-from durable_azure.engine.history import OrchestrationStatus, TaskScheduled
+from durable_azure.engine.history import OrchestrationStatus, OrchestratorStarted, TaskScheduled
 from durable_azure.errors import StorageError
-from durable_azure.runner import EpisodeOutcome, EpisodeRunner, LocalResult, is_local
+from durable_azure.runner import (
+    EpisodeOutcome,
+    EpisodeRunner,
+    LocalResult,
+    LocalTask,
+    is_local,
+)
 from durable_azure.storage.primitives import OpKind
 from durable_azure.storage.queues import ReceivedMessage
 
@@ -309,3 +315,43 @@ async def test_a_retry_after_the_history_was_written_repairs_the_instances_row(
     assert done == EpisodeOutcome()
     await h.assert_completed("inst", 13)
     assert h.calls["add_one"] == 3
+
+
+async def test_quick_local_activities_fold_into_one_checkpoint(h: Harness) -> None:
+    await h.start("chain", "inst", 10)
+    h.account.stats.reset()
+    folds: list[list[int]] = []
+
+    async def fold_all(tasks: list[LocalTask]) -> list[LocalResult]:
+        folds.append([t.scheduled.event_id for t in tasks])
+        return await run_local(h, EpisodeOutcome(local=tasks))
+
+    outcome = await h.episodes.process(
+        "inst", await receive(h, "inst"), run_locally=take_all, fold=fold_all
+    )
+
+    assert outcome == EpisodeOutcome()  # nothing left running, no anchor kept
+    assert folds == [[0], [1], [2]]
+    await h.assert_completed("inst", 13)
+    events = await h.history("inst")
+    assert sum(isinstance(e, OrchestratorStarted) for e in events) == 4  # four passes
+    ops = h.account.stats.snapshot()
+    assert ops["table_batch"] == 1  # ... checkpointed in one history write
+    assert ops["table_write"] == 1  # the row goes from Pending to Completed directly
+    assert h.calls["add_one"] == 3
+
+
+async def test_a_fold_that_finishes_nothing_checkpoints_at_once(h: Harness) -> None:
+    await h.start("chain", "inst", 10)
+
+    async def too_slow(tasks: list[LocalTask]) -> list[LocalResult]:
+        return []
+
+    outcome = await h.episodes.process(
+        "inst", await receive(h, "inst"), run_locally=take_all, fold=too_slow
+    )
+
+    assert [t.scheduled.event_id for t in outcome.local] == [0]
+    assert outcome.anchor is not None
+    await run_to_the_end(h, outcome)
+    await h.assert_completed("inst", 13)

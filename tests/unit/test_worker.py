@@ -218,8 +218,8 @@ async def test_snapshot_shows_pollers_partitions_and_instances_in_progress() -> 
     try:
         client = DurableClient(AzureStorageProvider(account, app.settings().names))
         instance_id = await client.start_new("holds")
-        for _ in range(200):
-            if worker.snapshot()["instances"].get(instance_id, {}).get("local_activities"):
+        for _ in range(500):  # until the episode has checkpointed and kept its anchor
+            if worker.snapshot()["instances"].get(instance_id, {}).get("anchor"):
                 break
             await asyncio.sleep(0.01)
         snap = worker.snapshot()
