@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -109,6 +110,7 @@ def worker_options(
 ) -> list[str]:
     """The command-line options of ``bench/worker_main.py`` for these settings."""
     options = ["--partitions", str(partitions), "--shutdown-grace", str(SHUTDOWN_GRACE)]
+    options += os.environ.get("DURABLE_BENCH_WORKER_ARGS", "").split()
     if lease_seconds is not None:
         options += ["--lease-seconds", str(lease_seconds)]
     if max_poll_interval is not None:
