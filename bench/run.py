@@ -54,6 +54,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import signal
 import sys
 import time
 import traceback
@@ -206,9 +207,15 @@ def machine(connection: str) -> dict[str, Any]:
     }
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    # SIGTERM unwinds like Ctrl-C, so the worker processes and Azurite are stopped.
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     sizes = sizes_for(args)
+    signal.signal(signal.SIGTERM, _interrupt)
     with storage(args.connection) as connection:
         results, notes, failed = asyncio.run(run_all(connection, args, sizes))
         results["machine"] = machine(connection)
