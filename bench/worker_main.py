@@ -2,7 +2,7 @@
 
     python bench/worker_main.py CONNECTION_STRING TASK_HUB STATS_FILE
         [--partitions N] [--max-poll-interval S] [--shutdown-grace S] [--lease-seconds S]
-        [--fold-window S]
+        [--fold-window S] [--max-local-activities N]
 
 Options left out keep the engine's defaults (``WorkerOptions``, 4 partitions).
 ``--lease-seconds`` shortens the partition leases as ``durable-azure worker`` does (renewal
@@ -79,6 +79,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--shutdown-grace", type=float, help="seconds (engine default)")
     parser.add_argument("--lease-seconds", type=float, help="partition lease (engine default)")
     parser.add_argument("--fold-window", type=float, help="seconds (engine default)")
+    parser.add_argument("--max-local-activities", type=int, help="(engine default)")
     return parser.parse_args(argv)
 
 
@@ -87,6 +88,7 @@ def worker_options(args: argparse.Namespace) -> WorkerOptions:
         "max_poll_interval": args.max_poll_interval,
         "shutdown_grace": args.shutdown_grace,
         "fold_window": args.fold_window,
+        "max_local_activities": args.max_local_activities,
     }
     if args.lease_seconds is not None:
         tuning["leases"] = LeaseOptions(

@@ -87,6 +87,8 @@ async def _cmd_worker(args: argparse.Namespace) -> int:
         "max_poll_interval": args.max_poll_interval,
         "shutdown_grace": args.shutdown_grace,
         "wake_ups": False if args.no_wake_ups else None,
+        "max_local_activities": args.max_local_activities,
+        "fold_window": args.fold_window,
     }
     if args.visibility_timeout is not None:
         tuning["visibility_timeout"] = timedelta(seconds=args.visibility_timeout)
@@ -423,6 +425,20 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--max-activities", type=int, help="activities at once (10 x cores)")
     worker.add_argument(
         "--max-poll-interval", type=float, metavar="S", help="longest idle poll delay (5)"
+    )
+    worker.add_argument(
+        "--max-local-activities",
+        type=int,
+        metavar="N",
+        help="activities of its own orchestrations run in-process, queued or running "
+        "(10000; 0 sends all through the work-item queue)",
+    )
+    worker.add_argument(
+        "--fold-window",
+        type=float,
+        metavar="S",
+        help="how long an episode waits for its in-process activities before it "
+        "checkpoints (0.5; 0 checkpoints at once)",
     )
     worker.add_argument(
         "--no-wake-ups",

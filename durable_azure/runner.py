@@ -558,10 +558,11 @@ class EpisodeRunner:
             history = LoadedHistory([], execution_id, history.etag)
             orphans = []
         folded = {e.task_scheduled_id for e in result.new_events if isinstance(e, _RESULTS)}
+        to_start = local_ids - folded
         local = [
             LocalTask(instance_id, execution_id, e)
             for e in result.new_events
-            if isinstance(e, TaskScheduled) and e.event_id in local_ids - folded
+            if isinstance(e, TaskScheduled) and e.event_id in to_start
         ]
         if result.is_complete:
             local, orphans = [], []  # whatever still runs here can no longer matter
@@ -1003,12 +1004,13 @@ def _fresh_results(
     """The local results still wanted: for the current execution, of a task it scheduled
     and has not completed (after a restart or a duplicate run they are not)."""
     scheduled, completed = effects.task_ids(history.events)
+    wanted = scheduled - completed
     fresh: list[TaskCompleted | TaskFailed] = []
     for result in results:
         task = result.event.task_scheduled_id
-        if result.execution_id == history.execution_id and task in scheduled - completed:
+        if result.execution_id == history.execution_id and task in wanted:
             fresh.append(result.event)
-            completed.add(task)
+            wanted.discard(task)
     return fresh
 
 

@@ -56,11 +56,11 @@ LEASE_LOOP_STOP_TIMEOUT = 10.0
 _MAX_FRAMES = 40
 
 #: Default of ``WorkerOptions.max_local_activities``.
-DEFAULT_MAX_LOCAL_ACTIVITIES = 1000
+DEFAULT_MAX_LOCAL_ACTIVITIES = 10_000
 
 #: Default of ``WorkerOptions.fold_window``, seconds, and its upper bound (the messages an
 #: episode holds stay hidden meanwhile, and a crash re-runs what it folded).
-DEFAULT_FOLD_WINDOW = 0.05
+DEFAULT_FOLD_WINDOW = 0.5
 MAX_FOLD_WINDOW = 5.0
 
 #: Longest wait, seconds, before an episode retries checkpointing the results of local
@@ -684,8 +684,12 @@ class Worker:
             session.retry_at = asyncio.get_running_loop().time() + delay
         elif batch or results:
             session.failures = 0
+        # A task the episode handed back may have finished while it checkpointed (after
+        # its fold window): its result waits for the next episode, it must not run again.
+        finished = {(r.execution_id, r.event.task_scheduled_id) for r in session.results}
         for task in outcome.local:
-            self._start_local(session, task)
+            if (task.execution_id, task.scheduled.event_id) not in finished:
+                self._start_local(session, task)
 
     async def _run_until(
         self, session: _Session, tasks: list[LocalTask], deadline: float

@@ -823,3 +823,27 @@ async def test_worker_rides_out_an_azurite_restart_and_an_outage(
             await worker.stop()
     finally:
         process.stop()
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--fold-window", "9"], "fold_window must be within 0..5.0 s"),
+        (["--max-local-activities", "-1"], "max_local_activities must be 0 or more"),
+    ],
+)
+def test_cli_worker_refuses_invalid_tuning_with_exit_code_2(
+    azurite: Any, task_hub: str, flags: list[str], message: str
+) -> None:
+    done = run_cli(
+        "--connection",
+        azurite.connection_string,
+        "--task-hub",
+        task_hub,
+        "worker",
+        "tests.integration.bad_input_apps:app",
+        *flags,
+    )
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    assert message in done.stderr
+    assert "Traceback" not in done.stderr

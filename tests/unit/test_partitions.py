@@ -807,19 +807,23 @@ async def test_renewals_are_batched_in_one_transaction() -> None:
         "ExpiresAt",
         "IsDraining",
     }
-    # A step that reads (idle_read_interval after the last read) renews in one, too.
-    cluster.clock.advance(OPTIONS.step_interval)
-    await cluster.step("a")
-    assert counted.take() == {"batch": 1}
+    # Owning every row, it never needs to read (past idle_read_interval too); a step that
+    # reads (here on request) renews in one transaction as well.
+    for _ in range(3):
+        cluster.clock.advance(OPTIONS.step_interval)
+        await cluster.step("a")
+        assert counted.take() == {"batch": 1}
+    a.request_read()
     cluster.clock.advance(OPTIONS.step_interval)
     await cluster.step("a")
     assert counted.take() == {"query": 1, "batch": 1}
 
 
-async def test_an_idle_worker_reads_only_every_idle_read_interval() -> None:
-    """The idle cost of one worker owning 4 partitions with the default timings, stepped
-    at the loop's cadence for an hour (printed; run with -s). Before batching and skipped
-    reads, a step was a query and 4 writes: 1,800 requests an hour."""
+async def test_a_lone_idle_worker_only_renews() -> None:
+    """The idle cost of one worker owning all 4 partitions with the default timings, stepped
+    at the loop's cadence for an hour (printed; run with -s): one renewal transaction per
+    step and no read - a newcomer's request would fail a renewal's If-Match. Before
+    batching and skipped reads, a step was a query and 4 writes: 1,800 requests an hour."""
     clock = FakeClock(START)
     account = MemoryStorageAccount(clock=clock)
     names = TaskHubNames(HUB, 4)
@@ -830,28 +834,44 @@ async def test_an_idle_worker_reads_only_every_idle_read_interval() -> None:
     clock.advance(interval)
     await a.step()
     account.stats.reset()
-    per_step: list[dict[str, int]] = []
-    elapsed = 0.0
-    while elapsed < 3600:
+    steps = 0
+    while steps * interval < 3600:
         clock.advance(interval)
-        elapsed += interval
-        before = account.stats.snapshot()
+        steps += 1
         changes = await a.step()
         assert not changes.changed
         assert not changes.retry_now
-        after = account.stats.snapshot()
-        per_step.append({k: v - before.get(k, 0) for k, v in after.items() if v != before.get(k)})
     total = account.stats.total()
     print(f"\nidle worker, 4 partitions, default LeaseOptions: {total} table requests/hour")
     assert a.owned == set(names.control_queues)
-    assert account.stats.snapshot().keys() == {"table_batch", "table_query"}
-    # Every step renews all 4 rows in one transaction; a step also reads when the last
-    # read is idle_read_interval old, and only then.
-    assert all(ops.get("table_batch") == 1 for ops in per_step)
-    reads = [i for i, ops in enumerate(per_step) if "table_query" in ops]
-    every = round(a.options.idle_read_interval / interval)
-    assert reads == list(range(every - 1, len(per_step), every))
-    assert total == len(per_step) + len(reads)
+    assert account.stats.snapshot() == {"table_batch": steps}
+
+
+async def test_an_idle_worker_sharing_the_table_reads_every_idle_read_interval() -> None:
+    # Two workers, two rows each: a must read now and then to see b's rows (one released
+    # or expired would be claimable); between reads it only renews.
+    cluster = Cluster(4, options=LeaseOptions())
+    await cluster.create()
+    counted = add_counted(cluster, "a")
+    cluster.add("b")
+    await cluster.run_until_balanced(20)
+    interval = cluster.options.step_interval
+    for _ in range(2):  # both steady
+        cluster.clock.advance(interval)
+        await cluster.step("a")
+        await cluster.step("b")
+    counted.take()
+    per_step = []
+    for _ in range(12):
+        cluster.clock.advance(interval)
+        await cluster.step("b")
+        await cluster.step("a")
+        per_step.append(counted.take())
+    assert all(ops.get("batch") == 1 for ops in per_step), per_step
+    reads = [i for i, ops in enumerate(per_step) if "query" in ops]
+    every = round(cluster.options.idle_read_interval / interval)
+    assert len(reads) == len(per_step) // every, per_step
+    assert all(b - a == every for a, b in itertools.pairwise(reads)), reads
 
 
 async def test_a_412_in_the_batch_falls_back_and_the_hand_over_works() -> None:
@@ -892,11 +912,11 @@ async def test_a_412_in_the_batch_of_a_reading_step_falls_back() -> None:
         await cluster.table.update(new, etag=row.etag, mode=UpdateMode.REPLACE)
 
     counted.take()
-    for _ in range(2):  # at the loop's cadence, to the step that reads again
-        cluster.clock.advance(OPTIONS.step_interval)
-        await cluster.step("a")
-        assert counted.take() == {"batch": 1}
     cluster.clock.advance(OPTIONS.step_interval)
+    await cluster.step("a")
+    assert counted.take() == {"batch": 1}
+    cluster.clock.advance(OPTIONS.step_interval)
+    a.request_read()  # a step that reads (a owns every row: it reads only when asked)
     counted.before_transaction = b_asks
     changes = await cluster.step("a")
     # read, batch (412), read again, then row by row: one row starts draining, 3 renewed

@@ -271,3 +271,46 @@ async def test_with_polling_all_but_off_wake_ups_still_move_every_message() -> N
     finally:
         await client.close()
         await worker.stop()
+
+
+async def test_a_local_activity_that_finishes_during_the_checkpoint_runs_once() -> None:
+    # The activity outlives the episode's fold window and finishes while the episode
+    # writes its checkpoint: its result waits for the next episode, and the task the
+    # episode hands back must not be started a second time.
+    app = DurableApp(task_hub=HUB)
+    release = threading.Event()
+    calls: list[int] = []
+
+    @app.activity
+    def held(x: int) -> int:
+        calls.append(x)
+        release.wait(10)
+        return x + 1
+
+    @app.orchestrator
+    def one_held_step(ctx: Any) -> Generator[Any, Any, int]:
+        return (yield ctx.call_activity(held, ctx.get_input()))
+
+    account = MemoryStorageAccount()
+    worker = Worker(app, account=account, options=WorkerOptions(fold_window=0.01))
+    commit = worker.provider.commit
+
+    async def commit_after_the_activity_finished(checkpoint: Any) -> Any:
+        if not release.is_set():
+            release.set()
+            # The result lands from the worker's own task: nothing to wait on but the state.
+            while not worker._active[checkpoint.instance_id].results:  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
+        return await commit(checkpoint)
+
+    worker.provider.commit = commit_after_the_activity_finished  # type: ignore[method-assign]
+    await worker.start()
+    client = DurableClient(AzureStorageProvider(account, app.settings().names))
+    try:
+        instance_id = await client.start_new("one_held_step", client_input=1)
+        status = await client.wait_for_completion(instance_id, timeout=30)
+    finally:
+        await client.close()
+        await worker.stop()
+    assert status.output == 2
+    assert calls == [1]
