@@ -167,15 +167,19 @@ async def completed_output(client: DurableClient, instance_id: str) -> Any:
 
 
 async def fan_out(connection: str, count: int) -> Figures:
+    # Timed by the client, from the start call to the poll that sees it Completed: the
+    # row's CompletedTime is the time of the episode that finished it, and with folding
+    # that episode's checkpoint (here thousands of history rows) is written after it.
     async with bench_hub(connection) as hub:
-        record = await run_one(hub.client, "fan_out", "fanout", count, poll=SLOW_POLL)
+        began = time.perf_counter()
+        await run_one(hub.client, "fan_out", "fanout", count, poll=FAST_POLL)
+        seconds = time.perf_counter() - began
         total = await completed_output(hub.client, "fanout")
     if total != expected_fan_out(count):
         raise BenchError(
             f"the fan-out of {count} returned {total!r}, not {expected_fan_out(count)}"
         )
-    created, completed = record_times(record)
-    return {"n": count, "seconds": round((completed - created).total_seconds(), 3)}
+    return {"n": count, "seconds": round(seconds, 3)}
 
 
 async def fanout_1000(connection: str, sizes: Sizes) -> Figures:

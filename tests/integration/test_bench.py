@@ -96,3 +96,31 @@ def test_bench_smoke_writes_every_figure(azurite: Any, tmp_path: Path) -> None:
     assert results["hello_sequence5"]["instances"] == 20
     assert results["fanout_1000"]["n"] == 50
     assert results["external_events"]["events"] == 20
+
+
+@pytest.mark.azurite
+@pytest.mark.timeout(120)
+def test_request_cost_prints_each_variant(azurite: Any) -> None:
+    run = subprocess.run(
+        [
+            sys.executable,
+            "bench/request_cost.py",
+            "--connection",
+            azurite.connection_string,
+            "--requests",
+            "30",
+        ],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=100,
+    )
+    assert run.returncode == 0, f"stdout:\n{run.stdout}\nstderr:\n{run.stderr}"
+    rows = {
+        line[:20].strip(): [float(x) for x in line[20:].split()]
+        for line in run.stdout.splitlines()[2:]
+    }
+    assert set(rows) == {"sdk get_entity", "sdk send_request", "bare aiohttp"}
+    for name, (cpu_ms, wall_ms) in rows.items():
+        assert cpu_ms > 0, name
+        assert wall_ms > 0, name
