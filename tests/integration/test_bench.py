@@ -120,7 +120,8 @@ def test_request_cost_prints_each_variant(azurite: Any) -> None:
         line[:20].strip(): [float(x) for x in line[20:].split()]
         for line in run.stdout.splitlines()[2:]
     }
+    # Only the shape: a CPU and a wall figure per variant (speeds are printed, not judged).
     assert set(rows) == {"sdk get_entity", "sdk send_request", "bare aiohttp"}
-    for name, (cpu_ms, wall_ms) in rows.items():
-        assert cpu_ms > 0, name
-        assert wall_ms > 0, name
+    for name, figures in rows.items():
+        assert len(figures) == 2, name
+        assert all(math.isfinite(x) for x in figures), name
