@@ -36,8 +36,6 @@ TARGETS: dict[str, Target] = {
     "storage_ops_per_orchestration.total": Target(20),
     "idle.transactions_per_hour": Target(600),
     "idle.first_pickup_ms": Target(1000),
-    "idle.long_poll.transactions_per_hour": Target(600),
-    "idle.long_poll.first_pickup_ms": Target(1000),
     "external_events.events_per_s": Target(200, at_least=True),
 }
 

@@ -31,9 +31,12 @@ Scenarios (``--only`` takes these names):
 * ``external_events``: one orchestration waiting for N events one after another; once it
   runs, the client raises them, 16 in flight (1000 / 200 / 20): events/s from the first
   raise to the CompletedTime.
-* ``idle``: one worker, 3 s after it has taken its partition leases, left idle
-  (300 / 60 / 3 s): its storage requests scaled to one hour; then one HelloSequence5 is
-  started: ms from its CreatedTime to the timestamp of its first OrchestratorStarted.
+* ``idle``: one worker left idle (300 / 60 / 3 s) once 120 / 10 / 3 s have passed since it
+  took its partition leases (at full size its pollers' backoff has then reached the 90 s
+  ceiling): its storage requests scaled to one hour; then one HelloSequence5 is started:
+  ms from its CreatedTime to the timestamp of its first OrchestratorStarted. Measured
+  with the engine's defaults, and again with idle polls at most 5 s apart
+  (``short_poll``).
 * ``workers_3_vs_1``: HelloSequence5 throughput (as above) on 6 partitions with three
   worker processes (once they own 2 partitions each) divided by that with one
   (600 / 150 / 30 instances). ``--smoke`` gives these workers 6 s partition leases (not

@@ -16,6 +16,7 @@ from concurrent.futures import Executor
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from durable_azure import logevents as ev
 from durable_azure.engine import serialization
 from durable_azure.engine.history import (
     FailureDetails,
@@ -99,7 +100,16 @@ class ActivityRunner:
         request = received.message
         scheduled = request.event
         if not isinstance(scheduled, TaskScheduled):
-            logger.error("work-item queue held a %s message; deleting it", type(scheduled).__name__)
+            logger.error(
+                "work-item queue held a %s message; deleting it",
+                type(scheduled).__name__,
+                extra=ev.fields(
+                    ev.MESSAGE_DISCARDED,
+                    instance_id=request.instance_id,
+                    queue=received.queue.name,
+                    message_id=received.raw.id,
+                ),
+            )
             await received.queue.delete(received.raw)
             return
         if received.dequeue_count > self.max_dequeue_count:
@@ -151,7 +161,14 @@ class ActivityRunner:
         logger.error(
             "poison work item: %s",
             failure.error_message,
-            extra={"instance_id": request.instance_id, "message_id": received.raw.id},
+            extra=ev.fields(
+                ev.POISON_MOVED,
+                instance_id=request.instance_id,
+                execution_id=request.execution_id,
+                activity=scheduled.name,
+                queue=received.queue.name,
+                message_id=received.raw.id,
+            ),
         )
         await self.provider.send(
             Outbound(
@@ -179,4 +196,14 @@ class ActivityRunner:
             except StorageError as exc:
                 # Transient: the next renewal may succeed; if the message is gone another
                 # worker may run the activity too (its result is deduplicated).
-                logger.warning("could not extend work item %s: %s", received.raw.id, exc)
+                logger.warning(
+                    "could not extend work item %s: %s",
+                    received.raw.id,
+                    exc,
+                    extra=ev.fields(
+                        ev.RENEW_FAILED,
+                        instance_id=received.message.instance_id,
+                        queue=received.queue.name,
+                        message_id=received.raw.id,
+                    ),
+                )

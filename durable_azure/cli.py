@@ -6,18 +6,20 @@ environment, see :mod:`durable_azure.settings`).
 Commands:
     worker MODULE:APP        run a worker for a DurableApp
     start NAME [--input JSON] [--id ID] [--wait SECONDS] [--at ISO-TIME]
-    status ID [--history]
+    status ID [--history] [--format table|json]
     raise ID NAME [--data JSON];  terminate|suspend|resume|rewind ID [--reason TEXT]
     restart ID [--same-id]
     list [--status S] [--created-after T] [--created-before T] [--prefix P] [--name N]
-         [--top N] [--json]
+         [--top N] [--format table|json | --json]
     purge ID  |  purge --created-before T [--created-after T] [--status S] [--prefix P]
     poison list [--json]  |  poison requeue NAME...  |  poison drop NAME...
     hub create | info [--json] | delete --yes
     doctor [--fix] [--stale-after S] [--json]
     azurite                  install the emulator if needed and run it in the foreground
     serve MODULE:APP [--host H] [--port P] [--key KEY] [--no-worker]
-                             serve the Durable Functions HTTP API (and run a worker)
+          [--no-dashboard | --dashboard-read-only]
+                             serve the Durable Functions HTTP API and the dashboard
+                             (and run a worker)
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from durable_azure import cli_output
+from durable_azure.engine.history import OrchestrationStatus
 from durable_azure.errors import ConfigurationError, DurableAzureError, NotFoundError
 
 logger = logging.getLogger(__name__)
@@ -87,6 +91,8 @@ async def _cmd_worker(args: argparse.Namespace) -> int:
         "max_poll_interval": args.max_poll_interval,
         "shutdown_grace": args.shutdown_grace,
         "wake_ups": False if args.no_wake_ups else None,
+        "wake_host": args.wake_host,
+        "wake_advertise_host": args.wake_advertise_host,
         "max_local_activities": args.max_local_activities,
         "fold_window": args.fold_window,
     }
@@ -214,24 +220,12 @@ async def _cmd_list(args: argparse.Namespace) -> int:
             found += page
             if token is None:
                 break
-    if args.json:
+    if args.format == "json":
         print(json.dumps({"instances": [s.to_json() for s in found], "continuation": token}))
         return EXIT_OK
-    rows = [
-        (
-            s.instance_id,
-            s.name,
-            s.runtime_status.name,
-            s.created_time.strftime("%Y-%m-%d %H:%M:%S") if s.created_time else "",
-            s.last_updated_time.strftime("%Y-%m-%d %H:%M:%S") if s.last_updated_time else "",
-        )
-        for s in found
-    ]
-    header = ("INSTANCE ID", "NAME", "STATUS", "CREATED (UTC)", "UPDATED (UTC)")
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    for row in [header, *rows]:
-        print("  ".join(str(v).ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
-    print(f"{len(rows)} instance(s)" + (f"; more: --continuation '{token}'" if token else ""))
+    for line in cli_output.instances_table(s.to_json() for s in found):
+        print(line)
+    print(f"{len(found)} instance(s)" + (f"; more: --continuation '{token}'" if token else ""))
     return EXIT_OK
 
 
@@ -252,19 +246,27 @@ async def _cmd_purge(args: argparse.Namespace) -> int:
                 "(so a typo cannot purge a whole task hub)"
             )
 
-        def progress(total: int) -> None:
-            print(f"\rpurged {total} instance(s)...", end="", file=sys.stderr, flush=True)
-
+        total = None
+        if sys.stderr.isatty():
+            # A bar needs the total: one more read of the matching rows, for people only.
+            counts = await client.count_instances(
+                created_time_from=query["created_time_from"],
+                created_time_to=query["created_time_to"],
+                runtime_status=query["runtime_status"],
+                instance_id_prefix=query["instance_id_prefix"],
+            )
+            total = sum(n for s, n in counts.items() if OrchestrationStatus[s].is_terminal)
+        progress = cli_output.Progress("purging", total=total, unit="instances")
         purged = await client.purge_instance_history_by(
             query["created_time_from"],
             query["created_time_to"],
             query["runtime_status"],
             instance_id_prefix=query["instance_id_prefix"],
-            progress=progress,
+            progress=progress.update,
             time_limit=args.time_limit,
             continuation=args.continuation,
         )
-        print(file=sys.stderr)
+        progress.close()
         print(f"purged {purged.deleted} instance(s)")
         if not purged.complete:
             print(f"stopped early; resume with --continuation '{purged.continuation}'")
@@ -319,7 +321,9 @@ async def _cmd_hub(args: argparse.Namespace) -> int:
                     f"'hub delete' removes every queue, table and blob of task hub "
                     f"{provider.names.hub!r}, history included; add --yes to do it"
                 )
-            deleted = await hub.delete_hub(provider)
+            progress = cli_output.Progress("deleting", unit="resources")
+            deleted = await hub.delete_hub(provider, progress=progress.update)
+            progress.close()
             for name in deleted:
                 print(f"deleted  {name}")
             print(f"{len(deleted)} resource(s) of {provider.names.hub!r} deleted")
@@ -348,7 +352,9 @@ async def _cmd_status(args: argparse.Namespace) -> int:
         status = await client.get_status(
             args.id, show_history=args.history, show_history_output=args.history
         )
-        print(json.dumps(status.to_json(), indent=2))
+    data = status.to_json()
+    as_json = args.format == "json" or (args.format is None and not sys.stdout.isatty())
+    print(json.dumps(data, indent=2) if as_json else "\n".join(cli_output.status_lines(data)))
     return EXIT_OK
 
 
@@ -384,6 +390,8 @@ async def _cmd_serve(args: argparse.Namespace) -> int:
         key=key,
         run_worker=not args.no_worker,
         insecure_no_key=args.insecure_no_key,
+        dashboard=not args.no_dashboard,
+        dashboard_read_only=args.dashboard_read_only,
         connection_string=args.connection,
         account_url=args.account_url,
         task_hub=args.task_hub,
@@ -417,6 +425,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--task-hub", help="task hub name (default: $DURABLE_TASK_HUB)")
     parser.add_argument("--partitions", type=int, help="control-queue partitions, 1-16")
     parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
+    parser.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default="text",
+        help="log records on stderr as text lines (default) or one JSON object each, "
+        "with their event, instance_id, execution_id and partition fields",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     worker = sub.add_parser("worker", help="run a worker for MODULE:APP")
@@ -424,7 +439,10 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--max-orchestrations", type=int, help="episodes at once (100)")
     worker.add_argument("--max-activities", type=int, help="activities at once (10 x cores)")
     worker.add_argument(
-        "--max-poll-interval", type=float, metavar="S", help="longest idle poll delay (5)"
+        "--max-poll-interval",
+        type=float,
+        metavar="S",
+        help="longest idle poll delay (90 with wake-ups, 5 without)",
     )
     worker.add_argument(
         "--max-local-activities",
@@ -444,6 +462,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-wake-ups",
         action="store_true",
         help="no loopback UDP wake-ups (poll only; see docs/design.md)",
+    )
+    worker.add_argument(
+        "--wake-host",
+        metavar="HOST",
+        help="interface the wake-up listener binds (127.0.0.1; e.g. 0.0.0.0 with "
+        "--wake-advertise-host so workers and clients on other machines wake this one)",
+    )
+    worker.add_argument(
+        "--wake-advertise-host",
+        metavar="IP",
+        help="the IP other machines send wake-ups to (needed with a wildcard --wake-host)",
     )
     worker.add_argument(
         "--visibility-timeout",
@@ -519,11 +548,19 @@ def build_parser() -> argparse.ArgumentParser:
     poison.add_argument("names", nargs="*", metavar="NAME", help="records (as listed)")
     poison.add_argument("--json", action="store_true", help="list as JSON")
 
+    def add_format(p: argparse.ArgumentParser, default: str) -> None:
+        p.add_argument(
+            "--format", choices=("table", "json"), help=f"output format (default: {default})"
+        )
+        p.add_argument(
+            "--json", dest="format", action="store_const", const="json", help="--format json"
+        )
+
     listing = sub.add_parser("list", help="list instances (a table; --json for scripts)")
     add_filters(listing)
     listing.add_argument("--name", help="orchestration name")
     listing.add_argument("--top", type=int, default=100, help="at most this many (100)")
-    listing.add_argument("--json", action="store_true", help="print JSON")
+    add_format(listing, "table")
 
     purge = sub.add_parser("purge", help="delete finished instances and their history")
     purge.add_argument("id", nargs="?", help="one instance (or use filters)")
@@ -532,9 +569,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--time-limit", type=float, metavar="S", help="stop after about this many seconds"
     )
 
-    status = sub.add_parser("status", help="print an instance's status as JSON")
+    status = sub.add_parser(
+        "status", help="print an instance's status (a table on a terminal, else JSON)"
+    )
     status.add_argument("id")
     status.add_argument("--history", action="store_true", help="include the history events")
+    add_format(status, "table on a terminal, JSON otherwise")
 
     serve = sub.add_parser(
         "serve",
@@ -556,6 +596,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="allow a non-loopback --host without a key",
     )
     serve.add_argument("--no-worker", action="store_true", help="serve the API only")
+    dashboard = serve.add_mutually_exclusive_group()
+    dashboard.add_argument(
+        "--no-dashboard", action="store_true", help="do not serve the dashboard at /dashboard"
+    )
+    dashboard.add_argument(
+        "--dashboard-read-only",
+        action="store_true",
+        help="serve the dashboard without actions (they answer 403)",
+    )
 
     sub.add_parser(
         "azurite",
@@ -567,16 +616,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _configure_logging(verbose: bool, log_format: str) -> None:
+    """This process's logging (the library itself never configures any): stderr, INFO
+    (DEBUG with -v), as text lines or one JSON object per record."""
+    handler = logging.StreamHandler(sys.stderr)
+    if log_format == "json":
+        from durable_azure.logevents import JsonFormatter
+
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[handler])
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra and args.command != "azurite":
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     args.azurite_args = extra
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    _configure_logging(args.verbose, args.log_format)
     if not args.verbose:
         logging.getLogger("azure").setLevel(logging.WARNING)
     try:

@@ -10,6 +10,7 @@ for the command line.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -361,7 +362,9 @@ async def create_hub(provider: AzureStorageProvider) -> list[str]:
     ]
 
 
-async def delete_hub(provider: AzureStorageProvider) -> list[str]:
+async def delete_hub(
+    provider: AzureStorageProvider, *, progress: Callable[[int, int], None] | None = None
+) -> list[str]:
     """Delete every queue, table and container of this task hub, and nothing else.
 
     The resources are addressed by their exact names (:func:`hub_resource_names`): all
@@ -369,6 +372,7 @@ async def delete_hub(provider: AzureStorageProvider) -> list[str]:
     Partitions tables, and the large-message, poison, lease and app-lease containers.
     Another hub is never touched, even one whose name starts with this one's. Queues go
     first, so running workers find no more work before the tables disappear. Irreversible.
+    ``progress(done, total)`` is called after each resource's delete request.
 
     Returns:
         The names of the resources that existed and were deleted (queues, then tables,
@@ -391,9 +395,19 @@ async def delete_hub(provider: AzureStorageProvider) -> list[str]:
     )
     # Delete even what looked missing: a resource created meanwhile goes too (each
     # delete succeeds when there is nothing to delete).
-    await asyncio.gather(*(q.delete_queue() for q in queues))
-    await asyncio.gather(*(t.delete_table() for t in tables))
-    await asyncio.gather(*(c.delete_container() for c in containers))
+    total = len(queues) + len(tables) + len(containers)
+    done = 0
+
+    async def counted(delete: Awaitable[None]) -> None:
+        nonlocal done
+        await delete
+        done += 1
+        if progress is not None:
+            progress(done, total)
+
+    await asyncio.gather(*(counted(q.delete_queue()) for q in queues))
+    await asyncio.gather(*(counted(t.delete_table()) for t in tables))
+    await asyncio.gather(*(counted(c.delete_container()) for c in containers))
     return deleted.names()
 
 

@@ -21,6 +21,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from durable_azure import effects
+from durable_azure import logevents as ev
 from durable_azure.engine.actions import (
     CompleteOrchestration,
     CreateSubOrchestration,
@@ -28,6 +29,7 @@ from durable_azure.engine.actions import (
     ScheduleTask,
 )
 from durable_azure.engine.history import (
+    ExecutionCompleted,
     ExecutionRewound,
     ExecutionStarted,
     ExecutionTerminated,
@@ -223,6 +225,15 @@ class EpisodeRunner:
         # clock shared with the in-memory storage to exercise days-long timers).
         self.clock = clock
 
+    def _ids(self, instance_id: str, execution_id: str | None = None) -> dict[str, Any]:
+        """The log fields naming an instance: its id, execution and partition."""
+        names = self.provider.names
+        return {
+            "instance_id": instance_id,
+            "execution_id": execution_id,
+            "partition": names.control_queue(names.partition_of(instance_id)),
+        }
+
     async def process(
         self,
         instance_id: str,
@@ -249,7 +260,6 @@ class EpisodeRunner:
                 has passed). The episode then goes on with them before it checkpoints,
                 so a chain of quick activities costs one history write, not one each.
         """
-        log_extra = {"instance_id": instance_id}
         poisoned = [m for m in batch if m.dequeue_count > self.max_dequeue_count]
         if poisoned:
             batch = [m for m in batch if m.dequeue_count <= self.max_dequeue_count]
@@ -259,7 +269,11 @@ class EpisodeRunner:
                 # Still in the queue: the next delivery repeats the set-aside (same blob
                 # name) against a fresh history, so nothing is lost or done twice.
                 self.cache.drop(instance_id)
-                logger.warning("could not set aside poison messages: %s", exc, extra=log_extra)
+                logger.warning(
+                    "could not set aside poison messages: %s",
+                    exc,
+                    extra=ev.fields(ev.EPISODE_STORAGE_FAILED, **self._ids(instance_id)),
+                )
         if not batch and not results:
             return EpisodeOutcome(anchor=anchor)
         held = [*batch, anchor] if anchor is not None else batch
@@ -268,7 +282,7 @@ class EpisodeRunner:
                 instance_id, batch, results, anchor, running, run_locally, fold
             )
         except SessionAbortedError as exc:
-            logger.warning("%s", exc, extra=log_extra)
+            logger.warning("%s", exc, extra=ev.fields(ev.EPISODE_ABORTED, **self._ids(instance_id)))
             self.cache.drop(instance_id)
             return await _after_storage_failure(batch, results, anchor, running, delay=1.0)
         except (TimeoutError, StorageError, OSError) as exc:
@@ -276,7 +290,7 @@ class EpisodeRunner:
                 "episode of %s failed on storage, messages abandoned: %s",
                 instance_id,
                 exc,
-                extra=log_extra,
+                extra=ev.fields(ev.EPISODE_STORAGE_FAILED, **self._ids(instance_id)),
             )
             self.cache.drop(instance_id)
             return await _after_storage_failure(batch, results, anchor, running, delay=None)
@@ -286,7 +300,7 @@ class EpisodeRunner:
             logger.exception(
                 "episode of %s failed unexpectedly, messages abandoned with backoff",
                 instance_id,
-                extra=log_extra,
+                extra=ev.fields(ev.EPISODE_FAILED, **self._ids(instance_id)),
             )
             self.cache.drop(instance_id)
             await _abandon_all(held)
@@ -362,7 +376,12 @@ class EpisodeRunner:
             logger.error(
                 "poison message: %s",
                 notes[-1],
-                extra={"instance_id": instance_id, "message_id": received.raw.id},
+                extra=ev.fields(
+                    ev.POISON_MOVED,
+                    **self._ids(instance_id, received.message.execution_id),
+                    queue=received.queue.name,
+                    message_id=received.raw.id,
+                ),
             )
         await self._fail_instance(instance_id, "; ".join(notes))
         await _gather(m.queue.delete(m.raw) for m in poisoned)
@@ -464,7 +483,7 @@ class EpisodeRunner:
                         "deleting %s for instance %s, which does not exist",
                         type(event).__name__,
                         instance_id,
-                        extra={"instance_id": instance_id},
+                        extra=ev.fields(ev.MESSAGE_DISCARDED, **self._ids(instance_id)),
                     )
                     t.discard.append(received)
                 else:
@@ -479,7 +498,7 @@ class EpisodeRunner:
                     logger.warning(
                         "ignoring rewind of %s: only a Failed instance can be rewound",
                         instance_id,
-                        extra={"instance_id": instance_id},
+                        extra=ev.fields(ev.MESSAGE_DISCARDED, **self._ids(instance_id, current)),
                     )
                     t.discard.append(received)
             elif terminal:
@@ -667,7 +686,12 @@ class EpisodeRunner:
             orchestrator, instance_id=instance_id, history=history, new_events=new_events
         )
         for note in result.dropped:
-            logger.info("%s: dropped %s", instance_id, note, extra={"instance_id": instance_id})
+            logger.info(
+                "%s: dropped %s",
+                instance_id,
+                note,
+                extra=ev.fields(ev.EVENT_DROPPED, **self._ids(instance_id, started.execution_id)),
+            )
         return result
 
     def _next_generations(
@@ -741,14 +765,73 @@ class EpisodeRunner:
             self.cache.put(
                 instance_id, LoadedHistory(committed, checkpoint.execution_id, etag), row=row
             )
+        self._log_checkpoint(checkpoint, result, history)
+
+    def _log_checkpoint(
+        self, checkpoint: Checkpoint, result: EpisodeResult, history: LoadedHistory
+    ) -> None:
+        """What a committed checkpoint recorded: the episode, each execution started or
+        ended and each activity result (DEBUG; INFO for a failed activity or execution).
+        Logged after the commit, so once per recorded event, never for a replay."""
+        events = checkpoint.new_events
+        if not logger.isEnabledFor(logging.DEBUG) and not (
+            logger.isEnabledFor(logging.INFO) and any(_is_failure(e) for e in events)
+        ):
+            return  # the usual case: nothing to log, so no fields to build per episode
+        ids = self._ids(checkpoint.instance_id, checkpoint.execution_id)
+        instance_id = checkpoint.instance_id
         logger.debug(
             "episode of %s: %d messages, %d actions, %s",
             instance_id,
             len(checkpoint.consumed),
             len(result.actions),
             result.status.name,
-            extra={"instance_id": instance_id, "execution_id": checkpoint.execution_id},
+            extra=ev.fields(ev.EPISODE_COMPLETED, **ids, status=result.status.name),
         )
+        scheduled = {
+            e.event_id: e.name for e in (*history.events, *events) if isinstance(e, TaskScheduled)
+        }
+        for event in events:
+            if isinstance(event, ExecutionStarted):
+                started = {**ids, "execution_id": event.execution_id}
+                logger.debug(
+                    "%s: started %s",
+                    instance_id,
+                    event.name,
+                    extra=ev.fields(ev.INSTANCE_STARTED, **started, orchestration=event.name),
+                )
+            elif isinstance(event, ExecutionCompleted):
+                status, failure = event.orchestration_status, event.failure_details
+                failed = status is OrchestrationStatus.Failed
+                logger.log(
+                    logging.INFO if failed else logging.DEBUG,
+                    "%s: %s%s",
+                    instance_id,
+                    status.name,
+                    f": {failure.summary()}" if failure is not None else "",
+                    extra=ev.fields(
+                        ev.INSTANCE_FAILED if failed else ev.INSTANCE_COMPLETED,
+                        **ids,
+                        status=status.name,
+                    ),
+                )
+            elif isinstance(event, TaskCompleted | TaskFailed):
+                failed = isinstance(event, TaskFailed)
+                name = scheduled.get(event.task_scheduled_id, "")
+                logger.log(
+                    logging.INFO if failed else logging.DEBUG,
+                    "%s: activity %s (task %d) %s",
+                    instance_id,
+                    name,
+                    event.task_scheduled_id,
+                    f"failed: {event.reason}" if isinstance(event, TaskFailed) else "completed",
+                    extra=ev.fields(
+                        ev.ACTIVITY_FAILED if failed else ev.ACTIVITY_COMPLETED,
+                        **ids,
+                        activity=name,
+                        task_id=event.task_scheduled_id,
+                    ),
+                )
 
     async def _rewind(
         self,
@@ -849,7 +932,7 @@ class EpisodeRunner:
                 "deleting start of %s execution %s: its instance row never named it",
                 instance_id,
                 event.execution_id,
-                extra={"instance_id": instance_id},
+                extra=ev.fields(ev.MESSAGE_DISCARDED, **self._ids(instance_id, event.execution_id)),
             )
             return "discard"
         return "defer"
@@ -877,7 +960,11 @@ class EpisodeRunner:
             instance_id,
             row.runtime_status.name if row else "missing",
             status.name,
-            extra={"instance_id": instance_id},
+            extra=ev.fields(
+                ev.INSTANCE_ROW_REPAIRED,
+                **self._ids(instance_id, history.execution_id),
+                status=status.name,
+            ),
         )
         await self.provider.instances.merge(instance_id, update)
 
@@ -989,7 +1076,14 @@ async def _abandon_all(batch: list[ReceivedMessage], delay: float | None = None)
     try:
         await _gather(m.queue.abandon(m.raw, delay) for m in batch)
     except StorageError as exc:  # they reappear anyway once their visibility ends
-        logger.warning("could not abandon messages: %s", exc)
+        logger.warning("could not abandon messages: %s", exc, extra=ev.fields(ev.ABANDON_FAILED))
+
+
+def _is_failure(event: HistoryEvent) -> bool:
+    return isinstance(event, TaskFailed) or (
+        isinstance(event, ExecutionCompleted)
+        and event.orchestration_status is OrchestrationStatus.Failed
+    )
 
 
 async def _gather(aws: Any) -> None:

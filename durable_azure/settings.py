@@ -1,8 +1,9 @@
 """Where a task hub lives: connection, hub name, partition count.
 
 Resolution order for each setting: the explicit argument, then the environment
-(``AZURE_STORAGE_CONNECTION_STRING``, ``DURABLE_TASK_HUB``, ``DURABLE_PARTITION_COUNT``),
-then the default (Azurite's development storage, hub ``TestHubName``, 4 partitions).
+(``AZURE_STORAGE_CONNECTION_STRING``, ``DURABLE_TASK_HUB``, ``DURABLE_PARTITION_COUNT``,
+``DURABLE_STORAGE_TRANSPORT``), then the default (Azurite's development storage, hub
+``TestHubName``, 4 partitions, the lean transport).
 """
 
 from __future__ import annotations
@@ -24,6 +25,11 @@ ENV_CONNECTION_STRING = "AZURE_STORAGE_CONNECTION_STRING"
 ENV_TASK_HUB = "DURABLE_TASK_HUB"
 ENV_PARTITION_COUNT = "DURABLE_PARTITION_COUNT"
 ENV_ACCOUNT_URL = "DURABLE_STORAGE_ACCOUNT_URL"
+ENV_TRANSPORT = "DURABLE_STORAGE_TRANSPORT"
+
+#: How the hot queue and table requests are sent: ``lean`` (signed HTTP of our own,
+#: :mod:`durable_azure.storage.rest`) or ``sdk`` (every request through the Azure SDK).
+TRANSPORTS = ("lean", "sdk")
 
 #: Azurite on its default ports (what ``UseDevelopmentStorage=true`` means).
 DEVELOPMENT_STORAGE = "UseDevelopmentStorage=true"
@@ -40,7 +46,8 @@ class StorageSettings:
     (``https://<account>.blob.core.windows.net``, or the account's queue/table URL, or
     just ``https://<account>``) the ``credential`` is an async ``azure-identity``
     credential; by default ``azure.identity.aio.DefaultAzureCredential()`` (managed
-    identity, workload identity, environment, Azure CLI...).
+    identity, workload identity, environment, Azure CLI...). ``transport``: one of
+    :data:`TRANSPORTS`.
     """
 
     task_hub: str = DEFAULT_TASK_HUB
@@ -48,9 +55,14 @@ class StorageSettings:
     connection_string: str | None = None
     account_url: str | None = None
     credential: Any = None
+    transport: str = "lean"
 
     def __post_init__(self) -> None:
         validate_task_hub_name(self.task_hub)
+        if self.transport not in TRANSPORTS:
+            raise ConfigurationError(
+                f"unknown storage transport {self.transport!r}: use one of {', '.join(TRANSPORTS)}"
+            )
         validate_partition_count(self.partition_count)
         if self.connection_string is not None and not self.connection_string.strip():
             raise ConfigurationError("the storage connection string must not be empty")
@@ -66,6 +78,7 @@ class StorageSettings:
         partition_count: int | None = None,
         account_url: str | None = None,
         credential: Any = None,
+        transport: str | None = None,
     ) -> StorageSettings:
         """Fill unset values from the environment, then the defaults."""
         if partition_count is None:
@@ -86,12 +99,15 @@ class StorageSettings:
                 connection_string = DEVELOPMENT_STORAGE
         if task_hub is None:
             task_hub = os.environ.get(ENV_TASK_HUB) or DEFAULT_TASK_HUB
+        if transport is None:
+            transport = os.environ.get(ENV_TRANSPORT) or "lean"
         return cls(
             task_hub=task_hub,
             partition_count=partition_count,
             connection_string=connection_string,
             account_url=account_url,
             credential=credential,
+            transport=transport,
         )
 
     @property
@@ -102,6 +118,8 @@ class StorageSettings:
         """Create the storage account clients (the caller closes them)."""
         from durable_azure.storage.azure_primitives import AzureStorageAccount
 
+        lean = self.transport == "lean"
+
         if self.account_url:
             credential = self.credential
             if credential is None:
@@ -109,10 +127,10 @@ class StorageSettings:
 
                 credential = DefaultAzureCredential()
             return AzureStorageAccount.from_credential(
-                credential, account_name=_account_name(self.account_url)
+                credential, account_name=_account_name(self.account_url), lean=lean
             )
         assert self.connection_string is not None
-        return AzureStorageAccount.from_connection_string(self.connection_string)
+        return AzureStorageAccount.from_connection_string(self.connection_string, lean=lean)
 
     def describe(self) -> str:
         """A description safe to log: never the account key or a SAS."""

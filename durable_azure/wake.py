@@ -75,6 +75,7 @@ from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any
 
+from durable_azure import logevents as ev
 from durable_azure.storage.names import TaskHubNames
 from durable_azure.storage.partitions import PARTITION_KEY, PartitionLease
 from durable_azure.storage.primitives import StorageAccount, Table
@@ -329,7 +330,11 @@ class WakeListener:
         try:
             self.on_wake(queue)
         except Exception:
-            logger.exception("wake listener: on_wake(%r) failed", queue)
+            logger.exception(
+                "wake listener: on_wake(%r) failed",
+                queue,
+                extra=ev.fields(ev.WORKER_ERROR, queue=queue),
+            )
 
 
 def _is_wildcard(host: str) -> bool:

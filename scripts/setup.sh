@@ -40,4 +40,5 @@ fi
 
 say "checking Azurite"
 "$PYTHON" "$ROOT/azurite/azurite.py" install
+
 say "done"

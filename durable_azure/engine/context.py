@@ -299,7 +299,15 @@ class OrchestrationContext:
 
     def create_replay_safe_logger(self, logger: logging.Logger) -> logging.LoggerAdapter[Any]:
         """A logger that drops records while the orchestrator is replaying, so each message
-        is logged once, not once per replay."""
+        is logged once, not once per replay.
+
+        Its records carry ``instance_id`` and ``orchestration`` (the orchestrator's name)
+        as attributes, merged with any ``extra`` of the call. The equivalent test is
+        ``if not ctx.is_replaying: logger.info(...)``, which is what ``azure-functions-durable``
+        code usually writes; both behave the same here. A record is still logged again if
+        the episode that logged it could not be checkpointed (a storage failure, a crash)
+        and runs again, as in Durable Functions.
+        """
         return _ReplaySafeLogger(logger, self)
 
     def call_http(self, method: str, uri: str, *args: Any, **kwargs: Any) -> Task:
@@ -354,8 +362,14 @@ def _event_value(event: EventRaised) -> Any:
 
 class _ReplaySafeLogger(logging.LoggerAdapter[Any]):
     def __init__(self, logger: logging.Logger, ctx: OrchestrationContext) -> None:
-        super().__init__(logger, {"instance_id": ctx.instance_id})
+        super().__init__(logger, {"instance_id": ctx.instance_id, "orchestration": ctx.name})
         self._ctx = ctx
 
     def isEnabledFor(self, level: int) -> bool:
+        # LoggerAdapter.log (and so debug/info/.../exception) asks this first.
         return not self._ctx.is_replaying and self.logger.isEnabledFor(level)
+
+    def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
+        # The call's own ``extra`` is kept (the base class would replace it).
+        kwargs["extra"] = {**(self.extra or {}), **(kwargs.get("extra") or {})}
+        return msg, kwargs

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from durable_azure import logevents as ev
 from durable_azure.engine import serialization
 from durable_azure.engine.actions import (
     Action,
@@ -441,7 +442,7 @@ def run_episode(
             "non-deterministic orchestration %s: %s",
             instance_id,
             exc,
-            extra={"instance_id": instance_id},
+            extra=ev.fields(ev.NONDETERMINISTIC, instance_id=instance_id),
         )
         failure = failure_from_exception(exc)
         return _completed(

@@ -17,6 +17,7 @@ from collections.abc import Generator
 from typing import TYPE_CHECKING, Any
 
 import uvicorn
+from starlette.routing import BaseRoute
 
 from durable_azure.app import DurableApp
 from durable_azure.client import DurableClient
@@ -97,6 +98,8 @@ async def serve(
     run_worker: bool = True,
     insecure_no_key: bool = False,
     base_path: str = DEFAULT_BASE_PATH,
+    dashboard: bool = True,
+    dashboard_read_only: bool = False,
     **settings: Any,
 ) -> None:
     """Serve ``app``'s task hub over HTTP (and run its worker) until SIGINT/SIGTERM.
@@ -105,6 +108,8 @@ async def serve(
     :func:`durable_azure.functions.load_function_app`: then its HTTP-triggered functions
     are served at ``/api/<route>`` too (with ``key`` required unless anonymous), and their
     durable clients talk to this server's ``/durabletask/`` RPC base.
+    With ``dashboard`` (the default) the web dashboard is served at ``/dashboard`` (and
+    ``/`` redirects there), behind the same key; ``dashboard_read_only`` hides its actions.
     ``settings`` override the app's storage settings (``connection_string``,
     ``task_hub``, ``partition_count``).
     """
@@ -128,11 +133,16 @@ async def serve(
         if adapter is not None
         else []
     )
+    extra_routes: list[BaseRoute] = list(routes)
+    if dashboard:
+        from durable_azure.dashboard import dashboard_routes
+
+        extra_routes += dashboard_routes(client, key=key, read_only=dashboard_read_only)
     asgi = create_management_app(
         client,
         base_path=base_path,
         key=key,
-        extra_routes=routes,
+        extra_routes=extra_routes,
         orchestrator_names=lambda: set(durable_app.orchestrators),
         # A function app's own DurableOrchestrationClient cannot send the key; it reaches
         # the RPC base over loopback, which is allowed without it.
@@ -173,6 +183,13 @@ async def serve(
                 client.provider.names.hub,
                 "required" if key else "not required",
             )
+            if dashboard:
+                logger.info(
+                    "dashboard on http://%s:%d/dashboard/%s",
+                    shown,
+                    bound_port(server),
+                    " (read-only)" if dashboard_read_only else "",
+                )
         await serving
     finally:
         for sig in installed:

@@ -2,7 +2,10 @@
 
 One :class:`AzureStorageAccount` owns one service client per service (queue, table, blob);
 ``queue(name)`` / ``table(name)`` / ``container(name)`` hand out cached per-name wrappers
-whose clients share that service client's HTTP transport.
+whose clients share that service client's HTTP transport. The wrappers check arguments
+and count requests; the hot queue and table requests then go through the lean transport
+(:mod:`durable_azure.storage.rest`, unless the account was built with ``lean=False``),
+everything else through the SDK.
 
 Everything the SDK raises is translated in exactly one place, :func:`_azure_errors`, into
 :mod:`durable_azure.errors`; no ``azure.core`` exception leaves this module. Each request
@@ -36,8 +39,10 @@ import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, cast
+from urllib.parse import urlsplit
 
 from azure.core import MatchConditions
+from azure.core.credentials import AzureNamedKeyCredential, AzureSasCredential
 from azure.core.exceptions import (
     AzureError,
     HttpResponseError,
@@ -54,14 +59,11 @@ from azure.storage.queue.aio import QueueClient, QueueServiceClient
 
 from durable_azure.errors import (
     AlreadyExistsError,
-    ConditionFailedError,
     ConfigurationError,
-    MessageGoneError,
     NotFoundError,
     StorageError,
-    TransactionFailedError,
 )
-from durable_azure.storage import table_batch
+from durable_azure.storage import rest, table_batch
 from durable_azure.storage.primitives import (
     AnyOf,
     Clause,
@@ -135,20 +137,19 @@ def _translate(err: AzureError, what: str, *, message_op: bool = False) -> Stora
     if status is None:
         # Raised before any response (e.g. signing failed): keep the cause's own words.
         return StorageError(f"{what}: {type(err).__name__}: {err.message}", code=code)
-    msg = f"{what}: HTTP {status} {code or ''}".rstrip()
-    gone = status == 404 or isinstance(err, ResourceNotFoundError)
-    # A missing queue is a plain NotFoundError (as in the memory account), not a gone message.
-    if message_op and code != "QueueNotFound" and (gone or code == "PopReceiptMismatch"):
-        return MessageGoneError(msg, status=status, code=code)
     # Classify by exception type first: the SDK raises ResourceExistsError for
     # create_queue-on-existing with status 204, and its create_entity conflict lacks a code.
-    if isinstance(err, ResourceNotFoundError) or status == 404:
-        return NotFoundError(msg, status=status, code=code)
-    if isinstance(err, ResourceExistsError) or status == 409:
-        return AlreadyExistsError(msg, status=status, code=code)
-    if isinstance(err, ResourceModifiedError) or status == 412:
-        return ConditionFailedError(msg, status=status, code=code)
-    return StorageError(msg, status=status, code=code)
+    # A message delete/update that 404s is a gone message, decided by the status.
+    if not message_op:
+        for cls, like in (
+            (ResourceNotFoundError, 404),
+            (ResourceExistsError, 409),
+            (ResourceModifiedError, 412),
+        ):
+            if isinstance(err, cls):
+                status = like if status not in (404, 409, 412) else status
+                break
+    return rest.error_for(what, status, code, message_op=message_op)
 
 
 @contextlib.contextmanager
@@ -274,6 +275,11 @@ def _decode_token(token: str | None) -> dict[str, Any] | None:
     return {"PartitionKey": partition_key, "RowKey": row_key}
 
 
+def _method(mode: UpdateMode) -> str:
+    """The HTTP method of an upsert or update: merge is ``PATCH``, replace ``PUT``."""
+    return "PATCH" if mode is UpdateMode.MERGE else "PUT"
+
+
 def _sdk_mode(mode: UpdateMode) -> Any:
     return SdkUpdateMode.MERGE if mode is UpdateMode.MERGE else SdkUpdateMode.REPLACE
 
@@ -300,11 +306,18 @@ def _to_message(m: Any) -> QueueMessage:
 
 
 class AzureQueue:
-    """A storage queue over :class:`azure.storage.queue.aio.QueueClient` (raw text bodies)."""
+    """A storage queue over :class:`azure.storage.queue.aio.QueueClient` (raw text bodies).
 
-    def __init__(self, client: QueueClient, stats: StorageStats) -> None:
+    With ``fast`` (the lean transport, :mod:`durable_azure.storage.rest`) the hot message
+    operations go through it; creation, deletion, peeks and properties stay on the SDK.
+    """
+
+    def __init__(
+        self, client: QueueClient, stats: StorageStats, fast: rest.RestQueueOps | None = None
+    ) -> None:
         self._client = client
         self._stats = stats
+        self._fast = fast
 
     @property
     def name(self) -> str:
@@ -331,6 +344,9 @@ class AzureQueue:
         """Enqueue ``content`` (raw text) with infinite TTL, hidden for ``visibility_timeout``."""
         delay = check_visibility_timeout(visibility_timeout)
         self._stats.add(OpKind.QUEUE_SEND)
+        if self._fast is not None:
+            await self._fast.send(content, delay)
+            return
         with _azure_errors(f"send to {self.name}"):
             await self._client.send_message(content, visibility_timeout=delay, time_to_live=-1)
 
@@ -342,6 +358,8 @@ class AzureQueue:
         check_message_count(max_messages)
         hide = check_visibility_timeout(visibility_timeout, minimum=1)
         self._stats.add(OpKind.QUEUE_RECEIVE)
+        if self._fast is not None:
+            return await self._fast.receive(max_messages, hide)
         with _azure_errors(f"receive from {self.name}"):
             # Without messages_per_page the SDK pages one message per HTTP call, and
             # iterating the pager would drain the queue: take exactly one page.
@@ -358,6 +376,9 @@ class AzureQueue:
     async def delete(self, message_id: str, pop_receipt: str) -> None:
         """Delete a received message; :class:`MessageGoneError` if gone or receipt stale."""
         self._stats.add(OpKind.QUEUE_DELETE)
+        if self._fast is not None:
+            await self._fast.delete(message_id, pop_receipt)
+            return
         with _azure_errors(f"delete message {message_id} from {self.name}", message_op=True):
             await self._client.delete_message(message_id, pop_receipt)
 
@@ -367,6 +388,8 @@ class AzureQueue:
         """Change a received message's visibility; returns the new pop receipt."""
         hide = check_visibility_timeout(visibility_timeout)
         self._stats.add(OpKind.QUEUE_UPDATE)
+        if self._fast is not None:
+            return await self._fast.update_visibility(message_id, pop_receipt, hide)
         with _azure_errors(f"update message {message_id} in {self.name}", message_op=True):
             updated = await self._client.update_message(
                 message_id, pop_receipt, visibility_timeout=hide
@@ -399,11 +422,18 @@ def _with_keys(select: Sequence[str] | None) -> list[str] | None:
 
 
 class AzureTable:
-    """A storage table over :class:`azure.data.tables.aio.TableClient`."""
+    """A storage table over :class:`azure.data.tables.aio.TableClient`.
 
-    def __init__(self, client: TableClient, stats: StorageStats) -> None:
+    With ``fast`` (the lean transport, :mod:`durable_azure.storage.rest`) reads, queries,
+    writes and transactions go through it; creation and deletion stay on the SDK.
+    """
+
+    def __init__(
+        self, client: TableClient, stats: StorageStats, fast: rest.RestTableOps | None = None
+    ) -> None:
         self._client = client
         self._stats = stats
+        self._fast = fast
 
     @property
     def name(self) -> str:
@@ -431,6 +461,8 @@ class AzureTable:
     ) -> Entity | None:
         """Point read; ``None`` when the entity does not exist."""
         self._stats.add(OpKind.TABLE_READ)
+        if self._fast is not None:
+            return await self._fast.get(partition_key, row_key, _with_keys(select))
         try:
             with _azure_errors(f"get {partition_key}/{row_key} from {self.name}"):
                 raw = await self._client.get_entity(
@@ -457,6 +489,15 @@ class AzureTable:
         start = _decode_token(continuation)
         columns = _with_keys(select)
         out: list[Entity] = []
+        if self._fast is not None:
+            position = decode_continuation(continuation) if continuation else None
+            while True:
+                self._stats.add(OpKind.TABLE_QUERY)
+                page, position = await self._fast.query(query_filter, columns, page_size, position)
+                out.extend(page)
+                token = encode_continuation(*position) if position else None
+                if page_size is not None or token is None:
+                    return out, token
         with _azure_errors(f"query {self.name}"):
             if query_filter:
                 pager = self._client.query_entities(
@@ -481,6 +522,8 @@ class AzureTable:
         """Insert; returns the new ETag. :class:`AlreadyExistsError` on conflict."""
         sdk_entity = _to_sdk_entity(entity)  # client-side errors: nothing sent, not counted
         self._stats.add(OpKind.TABLE_WRITE)
+        if self._fast is not None:
+            return await self._fast.write("POST", entity, f"insert into {self.name}")
         with _azure_errors(f"insert into {self.name}"):
             result = await self._client.create_entity(sdk_entity)
         return _etag_of(result)
@@ -489,6 +532,8 @@ class AzureTable:
         """Insert or update (merge/replace) unconditionally; returns the new ETag."""
         sdk_entity = _to_sdk_entity(entity)
         self._stats.add(OpKind.TABLE_WRITE)
+        if self._fast is not None:
+            return await self._fast.write(_method(mode), entity, f"upsert into {self.name}")
         with _azure_errors(f"upsert into {self.name}"):
             result = await self._client.upsert_entity(sdk_entity, mode=_sdk_mode(mode))
         return _etag_of(result)
@@ -497,6 +542,9 @@ class AzureTable:
         """Update if the ETag matches (``"*"`` = any); returns the new ETag."""
         sdk_entity = _to_sdk_entity(entity)
         self._stats.add(OpKind.TABLE_WRITE)
+        if self._fast is not None:
+            what = f"update in {self.name}"
+            return await self._fast.write(_method(mode), entity, what, etag=etag)
         with _azure_errors(f"update in {self.name}"):
             # IfNotModified sends If-Match: <etag>, which for "*" means "exists".
             result = await self._client.update_entity(
@@ -510,6 +558,9 @@ class AzureTable:
     async def delete(self, partition_key: str, row_key: str, *, etag: str | None = None) -> None:
         """Delete; a missing entity is fine (the SDK swallows the 404, with or without etag)."""
         self._stats.add(OpKind.TABLE_WRITE)
+        if self._fast is not None:
+            await self._fast.delete(partition_key, row_key, etag)
+            return
         with _azure_errors(f"delete {partition_key}/{row_key} from {self.name}"):
             if etag is None or etag == "*":
                 await self._client.delete_entity(partition_key, row_key)
@@ -527,6 +578,8 @@ class AzureTable:
         """
         check_transaction(ops)
         self._stats.add(OpKind.TABLE_BATCH)
+        if self._fast is not None:
+            return await self._fast.transaction(ops)
         what = f"transaction on {self.name}"
         client = self._client
         base = f"{client.scheme}://{client._primary_hostname}"
@@ -546,45 +599,7 @@ class AzureTable:
         with _azure_errors(what):
             response = await client._client.send_request(request, stream=True)
             await response.read()
-        if response.status_code != 202:
-            code, message = table_batch.odata_error(response.content)
-            raise _batch_error(what, response.status_code, code, message)
-        try:
-            outcome = table_batch.decode_response(
-                response.headers.get("Content-Type", ""), response.content
-            )
-        except table_batch.BatchFormatError as err:
-            raise StorageError(f"{what}: unreadable response: {err}") from err
-        if isinstance(outcome, table_batch.BatchFailure):
-            part = outcome.part
-            op = f"{what}, op #{outcome.index}"
-            cause = _batch_error(op, part.status, part.code, part.message)
-            if part.code == "TableNotFound":
-                # Not an op's failure (the service still names op 0): the table is gone.
-                raise cause
-            raise TransactionFailedError(
-                f"{what} failed at op #{outcome.index}: {cause}",
-                index=outcome.index,
-                cause=cause,
-            )
-        return [part.etag for part in outcome]
-
-
-def _batch_error(what: str, status: int, code: str | None, message: str) -> StorageError:
-    """Our error for a status and storage error code of a ``$batch`` answer (the same
-    classes :func:`_translate` gives for a single request)."""
-    text = f"{what}: HTTP {status} {code or ''}".rstrip()
-    if status == 404:
-        return NotFoundError(text, status=status, code=code)
-    if status == 409:
-        return AlreadyExistsError(text, status=status, code=code)
-    if status == 412:
-        return ConditionFailedError(text, status=status, code=code)
-    if status == 413:
-        text += " (the transaction is too large)"
-    elif message and not code:
-        text += f": {message[:200]}"
-    return StorageError(text, status=status, code=code)
+        return rest.batch_outcome(what, response.status_code, response.headers, response.content)
 
 
 # --- blobs -------------------------------------------------------------------------------
@@ -681,11 +696,33 @@ def _check_account_key(connection_string: str) -> None:
             ) from None
 
 
+def _endpoint(url: str) -> str:
+    """A service client's URL without its query (a SAS) or trailing slash."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}{parts.path.rstrip('/')}"
+
+
+def _lean_auth(table_service: TableServiceClient, credential: Any = None) -> rest.Auth | None:
+    """The lean transport's credentials: a token credential if given, else the account
+    key or SAS the SDK read from the connection string (None: anonymous, SDK only)."""
+    if credential is not None:
+        return rest.TokenAuth(credential) if hasattr(credential, "get_token") else None
+    sdk_credential = table_service.credential
+    if isinstance(sdk_credential, AzureNamedKeyCredential):
+        name, key = sdk_credential.named_key
+        return rest.SharedKeyAuth(name, key)
+    if isinstance(sdk_credential, AzureSasCredential):
+        return rest.SasAuth(sdk_credential.signature)
+    return None
+
+
 class AzureStorageAccount:
     """One storage account: shared service clients and cached per-name wrappers.
 
     Build it with :meth:`from_connection_string` or :meth:`from_credential`; call
-    :meth:`close` when done.
+    :meth:`close` when done. With ``lean=True`` (the default of both) the hot queue and
+    table requests go through the lean transport (:mod:`durable_azure.storage.rest`);
+    ``lean=False`` keeps every request on the Azure SDK.
     """
 
     def __init__(
@@ -694,33 +731,44 @@ class AzureStorageAccount:
         queue_service: QueueServiceClient,
         table_service: TableServiceClient,
         blob_service: BlobServiceClient,
+        lean: rest.RestClient | None = None,
     ) -> None:
         self.stats = StorageStats()
         self._queue_service = queue_service
         self._table_service = table_service
         self._blob_service = blob_service
+        self._lean = lean
+        self._queue_endpoint = _endpoint(queue_service.url)
+        self._table_endpoint = _endpoint(table_service.url)
         self._queues: dict[str, AzureQueue] = {}
         self._tables: dict[str, AzureTable] = {}
         self._containers: dict[str, AzureBlobContainer] = {}
 
     @classmethod
-    def from_connection_string(cls, connection_string: str) -> AzureStorageAccount:
+    def from_connection_string(
+        cls, connection_string: str, *, lean: bool = True
+    ) -> AzureStorageAccount:
         """From a connection string (``UseDevelopmentStorage=true`` or explicit endpoints)."""
         _check_account_key(connection_string)
         try:
-            return cls(
-                queue_service=QueueServiceClient.from_connection_string(
-                    connection_string, **STORAGE_RETRY, **STORAGE_TIMEOUTS
-                ),
-                table_service=TableServiceClient.from_connection_string(
-                    connection_string, **STORAGE_TIMEOUTS
-                ),
-                blob_service=BlobServiceClient.from_connection_string(
-                    connection_string, **STORAGE_RETRY, **STORAGE_TIMEOUTS
-                ),
+            table_service = TableServiceClient.from_connection_string(
+                connection_string, **STORAGE_TIMEOUTS
+            )
+            queue_service = QueueServiceClient.from_connection_string(
+                connection_string, **STORAGE_RETRY, **STORAGE_TIMEOUTS
+            )
+            blob_service = BlobServiceClient.from_connection_string(
+                connection_string, **STORAGE_RETRY, **STORAGE_TIMEOUTS
             )
         except (ValueError, AzureError) as err:
             raise ConfigurationError(f"invalid storage connection string: {err}") from err
+        auth = _lean_auth(table_service) if lean else None
+        return cls(
+            queue_service=queue_service,
+            table_service=table_service,
+            blob_service=blob_service,
+            lean=rest.RestClient(auth) if auth is not None else None,
+        )
 
     @classmethod
     def from_credential(
@@ -732,6 +780,7 @@ class AzureStorageAccount:
         queue_url: str | None = None,
         table_url: str | None = None,
         connection_verify: bool | str = True,
+        lean: bool = True,
     ) -> AzureStorageAccount:
         """From an azure-identity (token) credential and the account name or endpoint URLs.
 
@@ -753,15 +802,22 @@ class AzureStorageAccount:
                 )
             return f"https://{account_name}.{service}.core.windows.net"
 
+        table_service = TableServiceClient(
+            endpoint(table_url, "table"), credential=credential, **common
+        )
+        auth = _lean_auth(table_service, credential) if lean else None
         return cls(
             queue_service=QueueServiceClient(
                 endpoint(queue_url, "queue"), credential=credential, **STORAGE_RETRY, **common
             ),
-            table_service=TableServiceClient(
-                endpoint(table_url, "table"), credential=credential, **common
-            ),
+            table_service=table_service,
             blob_service=BlobServiceClient(
                 endpoint(blob_url, "blob"), credential=credential, **STORAGE_RETRY, **common
+            ),
+            lean=(
+                rest.RestClient(auth, ssl_context=rest.ssl_setting(connection_verify))
+                if auth is not None
+                else None
             ),
         )
 
@@ -772,13 +828,21 @@ class AzureStorageAccount:
             client = self._queue_service.get_queue_client(
                 name, message_encode_policy=None, message_decode_policy=None
             )
-            self._queues[name] = AzureQueue(client, self.stats)
+            fast = None
+            if self._lean is not None:
+                fast = rest.RestQueueOps(self._lean, f"{self._queue_endpoint}/{name}")
+            self._queues[name] = AzureQueue(client, self.stats, fast)
         return self._queues[name]
 
     def table(self, name: str) -> AzureTable:
         """The (cached) table wrapper for ``name``."""
         if name not in self._tables:
-            self._tables[name] = AzureTable(self._table_service.get_table_client(name), self.stats)
+            fast = None
+            if self._lean is not None:
+                fast = rest.RestTableOps(self._lean, self._table_endpoint, name)
+            self._tables[name] = AzureTable(
+                self._table_service.get_table_client(name), self.stats, fast
+            )
         return self._tables[name]
 
     def container(self, name: str) -> AzureBlobContainer:
@@ -790,6 +854,8 @@ class AzureStorageAccount:
 
     async def close(self) -> None:
         """Close the three service clients (and with them the shared HTTP sessions)."""
+        if self._lean is not None:
+            await self._lean.close()
         for service in (self._queue_service, self._table_service, self._blob_service):
             with contextlib.suppress(AzureError):
                 await service.close()

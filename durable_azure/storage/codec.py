@@ -8,7 +8,9 @@ form is built here (:func:`event_to_row` / :func:`row_to_event`) and the queue J
 Row rules (reference §2.2-§2.4): ``EventType`` and ``OrchestrationStatus`` as enum *names*;
 complex members (``OrchestrationInstance``, ``ParentInstance``, ``FailureDetails``, ``Tags``)
 as JSON strings, the literal ``"null"`` for none; ``Timestamp`` renamed ``_Timestamp``;
-``ExecutionId`` on every row. Absent and null columns read the same.
+``ExecutionId`` on every row. Absent and null columns read the same. Date-times
+(``_Timestamp``, ``FireAt``, ``ScheduledStartTime``) are written as ``Edm.DateTime``, as
+DTFx writes them; ISO-8601 text in those columns (another tool's rows) reads the same.
 """
 
 from __future__ import annotations
@@ -38,6 +40,9 @@ _SPECIAL_NAMES = {"timestamp": "Timestamp"}
 #: Members stored as JSON objects (JSON strings in tables, nested objects in queue JSON).
 OBJECT_MEMBERS = frozenset({"OrchestrationInstance", "ParentInstance", "FailureDetails", "Tags"})
 
+#: Members that hold date-times (``Edm.DateTime`` in rows, ISO-8601 text in queue JSON).
+DATETIME_MEMBERS = frozenset({"Timestamp", "FireAt", "ScheduledStartTime"})
+
 #: Common members every event has (not class-specific).
 _COMMON = ("EventType", "EventId", "IsPlayed", "Timestamp")
 
@@ -48,6 +53,24 @@ def _pascal(name: str) -> str:
 
 def _utc(value: datetime) -> datetime:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value
+
+
+def as_datetime(value: Any) -> datetime | None:
+    """A date-time column as an aware datetime (naive means UTC). Accepts what this
+    library and DTFx write (``Edm.DateTime``, read back as a datetime) and ISO-8601 text
+    (``2026-11-24T16:54:09.1234567Z``), which other tools may have written; None for an
+    absent or empty column.
+
+    Raises:
+        ValueError: text that is not an ISO-8601 date-time.
+    """
+    if value is None or value == "":
+        return None
+    if isinstance(value, datetime):
+        return _utc(value)
+    if isinstance(value, str):
+        return _utc(datetime.fromisoformat(value))
+    raise ValueError(f"not a date-time: {value!r}")
 
 
 # --- field dictionaries (shared by rows and messages) ------------------------------------
@@ -201,9 +224,11 @@ def row_to_event(row: dict[str, Any]) -> HistoryEvent:
             fields[column] = value
     if isinstance(fields.get("EventType"), str):
         fields["EventType"] = EventType[fields["EventType"]]
-    if "Timestamp" not in fields:
+    for member in DATETIME_MEMBERS & fields.keys():
+        fields[member] = as_datetime(fields[member])
+    if fields.get("Timestamp") is None:
         # A row written by a tool that kept only the table's own Timestamp.
-        fields["Timestamp"] = row.get("Timestamp") or datetime(1970, 1, 1, tzinfo=UTC)
+        fields["Timestamp"] = as_datetime(row.get("Timestamp")) or datetime(1970, 1, 1, tzinfo=UTC)
     return event_from_fields(fields)
 
 

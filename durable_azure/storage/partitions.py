@@ -125,6 +125,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, datetime, timedelta
 
+from durable_azure import logevents as ev
 from durable_azure.errors import (
     AlreadyExistsError,
     ConditionFailedError,
@@ -513,6 +514,9 @@ class PartitionManager:
                     self.worker_id,
                     lease.queue,
                     len(self._queues),
+                    extra=ev.fields(
+                        ev.LEASE_FAILED, worker_id=self.worker_id, partition=lease.queue
+                    ),
                 )
         return [rows[q] for q in self._queues if q in rows]
 
@@ -524,11 +528,24 @@ class PartitionManager:
             etag = await self.table.update(new.to_entity(), etag=row.etag, mode=UpdateMode.REPLACE)
         except ConditionFailedError:
             log.conflicts += 1
-            logger.info("%s: %s %s: row changed meanwhile (412)", self.worker_id, what, row.queue)
+            logger.info(
+                "%s: %s %s: row changed meanwhile (412)",
+                self.worker_id,
+                what,
+                row.queue,
+                extra=ev.fields(ev.LEASE_CONFLICT, worker_id=self.worker_id, partition=row.queue),
+            )
             return None
         except StorageError as exc:
             log.errors += 1
-            logger.warning("%s: %s %s failed: %s", self.worker_id, what, row.queue, exc)
+            logger.warning(
+                "%s: %s %s failed: %s",
+                self.worker_id,
+                what,
+                row.queue,
+                exc,
+                extra=ev.fields(ev.LEASE_FAILED, worker_id=self.worker_id, partition=row.queue),
+            )
             return None
         logger.debug("%s: %s %s", self.worker_id, what, row.queue)
         return replace(new, etag=etag)
@@ -604,7 +621,12 @@ class PartitionManager:
             row = rows.get(queue)
             if now >= held.expires_at or row is None or row.current_owner != self.worker_id:
                 del self._held[queue]
-                logger.warning("%s: lost %s (lease lapsed or taken)", self.worker_id, queue)
+                logger.warning(
+                    "%s: lost %s (lease lapsed or taken)",
+                    self.worker_id,
+                    queue,
+                    extra=ev.fields(ev.LEASE_LOST, worker_id=self.worker_id, partition=queue),
+                )
         renewals: _Renewals | None = [] if batch else None
         for queue, row in list(rows.items()):
             rows[queue] = await self._step_row(row, now, log, renewals)
@@ -646,15 +668,30 @@ class PartitionManager:
                         self.worker_id,
                         len(chunk),
                         queue,
+                        extra=ev.fields(
+                            ev.LEASE_CONFLICT, worker_id=self.worker_id, partition=queue
+                        ),
                     )
                     return _BATCH_CONFLICT
                 log.errors += 1
-                logger.warning("%s: renewing %d rows failed: %s", self.worker_id, len(chunk), exc)
+                logger.warning(
+                    "%s: renewing %d rows failed: %s",
+                    self.worker_id,
+                    len(chunk),
+                    exc,
+                    extra=ev.fields(ev.LEASE_FAILED, worker_id=self.worker_id),
+                )
                 ok = False
                 continue
             except StorageError as exc:
                 log.errors += 1
-                logger.warning("%s: renewing %d rows failed: %s", self.worker_id, len(chunk), exc)
+                logger.warning(
+                    "%s: renewing %d rows failed: %s",
+                    self.worker_id,
+                    len(chunk),
+                    exc,
+                    extra=ev.fields(ev.LEASE_FAILED, worker_id=self.worker_id),
+                )
                 ok = False
                 continue
             for (_, new), etag in zip(chunk, etags, strict=True):
@@ -697,7 +734,12 @@ class PartitionManager:
                 return row
             assert new.expires_at is not None
             self._held[row.queue] = _Held(expires_at=new.expires_at, last_renewal=now)
-            logger.info("%s: acquired %s", me, row.queue)
+            logger.info(
+                "%s: acquired %s",
+                me,
+                row.queue,
+                extra=ev.fields(ev.LEASE_ACQUIRED, worker_id=me, partition=row.queue),
+            )
             return written
         if row.current_owner == me:  # ours in the table, unknown here, and someone waits
             return await self._release(row, log)
@@ -743,7 +785,11 @@ class PartitionManager:
             self._renewed(held, new, now)
             held.drain_deadline = now + timedelta(seconds=self.options.drain_timeout)
             logger.info(
-                "%s: draining %s for %s", self.worker_id, row.queue, row.next_owner or "shutdown"
+                "%s: draining %s for %s",
+                self.worker_id,
+                row.queue,
+                row.next_owner or "shutdown",
+                extra=ev.fields(ev.LEASE_DRAINING, worker_id=self.worker_id, partition=row.queue),
             )
             return written
         if held.drain_deadline is not None and (held.drained or now >= held.drain_deadline):
@@ -753,6 +799,9 @@ class PartitionManager:
                     self.worker_id,
                     row.queue,
                     self.options.drain_timeout,
+                    extra=ev.fields(
+                        ev.LEASE_DRAINING, worker_id=self.worker_id, partition=row.queue
+                    ),
                 )
             return await self._release(row, log)
         if not self._renewal_due(held, now):
@@ -792,7 +841,11 @@ class PartitionManager:
         if self._held.pop(row.queue, None) is not None:
             self._released.add(row.queue)
             logger.info(
-                "%s: released %s to %s", self.worker_id, row.queue, row.next_owner or "anyone"
+                "%s: released %s to %s",
+                self.worker_id,
+                row.queue,
+                row.next_owner or "anyone",
+                extra=ev.fields(ev.LEASE_RELEASED, worker_id=self.worker_id, partition=row.queue),
             )
         next_owner = None if row.next_owner == self.worker_id else row.next_owner
         new = replace(
@@ -847,7 +900,12 @@ class PartitionManager:
         now = self._clock()
         for queue in [q for q, h in self._held.items() if now >= h.expires_at]:
             del self._held[queue]  # lapsed without a step noticing (e.g. the table is down)
-            logger.warning("%s: lost %s (lease lapsed)", self.worker_id, queue)
+            logger.warning(
+                "%s: lost %s (lease lapsed)",
+                self.worker_id,
+                queue,
+                extra=ev.fields(ev.LEASE_LOST, worker_id=self.worker_id, partition=queue),
+            )
         active = {q for q, h in self._held.items() if h.drain_deadline is None}
         draining = set(self._held) - active
         gone = (self._reported_active | self._reported_draining) - set(self._held)
@@ -948,11 +1006,21 @@ class PartitionManager:
                     "%s: partition step exceeded %s s; retrying",
                     self.worker_id,
                     self.options.operation_timeout,
+                    extra=ev.fields(ev.LEASE_FAILED, worker_id=self.worker_id),
                 )
             except StorageError as exc:
-                logger.warning("%s: partition step failed: %s", self.worker_id, exc)
+                logger.warning(
+                    "%s: partition step failed: %s",
+                    self.worker_id,
+                    exc,
+                    extra=ev.fields(ev.LEASE_FAILED, worker_id=self.worker_id),
+                )
             except Exception:
-                logger.exception("%s: unexpected error in the partition step", self.worker_id)
+                logger.exception(
+                    "%s: unexpected error in the partition step",
+                    self.worker_id,
+                    extra=ev.fields(ev.WORKER_ERROR, worker_id=self.worker_id),
+                )
             if changes is None:
                 # Cut short: report what it did (the next step would, too).
                 changes = self._report(_StepLog(errors=1))
@@ -960,14 +1028,22 @@ class PartitionManager:
                 try:
                     await on_change(changes)
                 except Exception:
-                    logger.exception("%s: partition change handler failed", self.worker_id)
+                    logger.exception(
+                        "%s: partition change handler failed",
+                        self.worker_id,
+                        extra=ev.fields(ev.WORKER_ERROR, worker_id=self.worker_id),
+                    )
             failures = failures + 1 if changes.retry_now else 0
             if (
                 self._shutting_down
                 and not self._held
                 and (not self._waiting or failures >= MAX_IMMEDIATE_RETRIES)
             ):
-                logger.info("%s: partition manager stopped; nothing owned", self.worker_id)
+                logger.info(
+                    "%s: partition manager stopped; nothing owned",
+                    self.worker_id,
+                    extra=ev.fields(ev.LEASE_RELEASED, worker_id=self.worker_id),
+                )
                 return
             if 0 < failures < MAX_IMMEDIATE_RETRIES:
                 delay = 0.0

@@ -12,6 +12,7 @@ import logging
 from dataclasses import dataclass, replace
 from datetime import timedelta
 
+from durable_azure import logevents as ev
 from durable_azure.errors import MessageGoneError
 from durable_azure.storage import messages
 from durable_azure.storage.largepayloads import LargePayloads
@@ -120,7 +121,7 @@ class TaskHubQueue:
                     self.name,
                     raw.dequeue_count,
                     exc,
-                    extra={"queue": self.name, "message_id": raw.id},
+                    extra=ev.fields(ev.MESSAGE_UNREADABLE, queue=self.name, message_id=raw.id),
                 )
                 bad.append(UnreadableMessage(raw, self, str(exc)))
         return good, bad
@@ -136,7 +137,7 @@ class TaskHubQueue:
                 "message %s in %s was already gone when deleting it",
                 raw.id,
                 self.name,
-                extra={"queue": self.name, "message_id": raw.id},
+                extra=ev.fields(ev.MESSAGE_GONE, queue=self.name, message_id=raw.id),
             )
             return False
         return True
@@ -165,7 +166,7 @@ class TaskHubQueue:
                 "message %s in %s was gone when abandoning it",
                 raw.id,
                 self.name,
-                extra={"queue": self.name, "message_id": raw.id},
+                extra=ev.fields(ev.MESSAGE_GONE, queue=self.name, message_id=raw.id),
             )
 
 

@@ -18,9 +18,10 @@ worker's CPU per orchestration. The format is small and fixed:
   header each; if one operation fails, there is one part: its status and an
   ``odata.error`` JSON body whose message starts with ``<index>:``.
 
-The functions are pure (no I/O): :mod:`durable_azure.storage.azure_primitives` sends the
-body through the SDK's own pipeline (authentication, retries, timeouts) and raises our
-errors from :func:`decode_response`.
+The functions are pure (no I/O): :mod:`durable_azure.storage.rest` (the lean transport)
+or, with ``DURABLE_STORAGE_TRANSPORT=sdk``, the SDK's own pipeline sends the body, and
+:func:`durable_azure.storage.rest.batch_outcome` raises our errors from
+:func:`decode_response`.
 """
 
 from __future__ import annotations

@@ -29,7 +29,7 @@ from durable_azure.errors import (
     SessionAbortedError,
     TransactionFailedError,
 )
-from durable_azure.storage.codec import event_to_row, row_to_event
+from durable_azure.storage.codec import as_datetime, event_to_row, row_to_event
 from durable_azure.storage.largepayloads import LargePayloads
 from durable_azure.storage.names import (
     INSTANCE_ROW_KEY,
@@ -232,12 +232,12 @@ class InstanceRecord:
             input=entity.get("Input"),
             output=entity.get("Output"),
             custom_status=None if custom in (None, "null") else custom,
-            created_time=entity.get("CreatedTime"),
-            last_updated_time=entity.get("LastUpdatedTime"),
-            completed_time=entity.get("CompletedTime"),
+            created_time=as_datetime(entity.get("CreatedTime")),
+            last_updated_time=as_datetime(entity.get("LastUpdatedTime")),
+            completed_time=as_datetime(entity.get("CompletedTime")),
             generation=int(entity.get("Generation") or 0),
             etag=entity.etag,
-            scheduled_start_time=entity.get("ScheduledStartTime"),
+            scheduled_start_time=as_datetime(entity.get("ScheduledStartTime")),
             parent_instance_id=entity.get("ParentInstanceId") or None,
         )
 

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 import re
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from azure.data.tables import TableServiceClient
+from azure.data.tables import TableServiceClient, UpdateMode
 from azure.storage.blob import BlobServiceClient
 from azure.storage.queue import QueueServiceClient
 
@@ -135,3 +136,106 @@ async def test_start_message_has_the_dtfx_envelope_on_the_hashed_partition(
     assert task["OrchestrationInstance"]["InstanceId"] == instance_id
     assert "Episode" not in data  # omitted when null, as DTFx does
     assert data["Sender"] == {"InstanceId": "", "ExecutionId": ""}
+
+
+# --- date-times and activity inputs, as Storage Explorer shows them ----------------------
+
+
+def _rows(cs: str, table: str, pk: str, where: str = "", **params: Any) -> list[Any]:
+    client = TableServiceClient.from_connection_string(cs).get_table_client(table)
+    text = "PartitionKey eq @pk" + (f" and {where}" if where else "")
+    return list(client.query_entities(text, parameters={"pk": pk, **params}))
+
+
+async def test_times_are_date_times_and_activity_inputs_are_in_task_scheduled_rows(
+    hub: Hub,
+) -> None:
+    # The SDK returns a datetime only for a property typed Edm.DateTime on the wire (it
+    # reads the @odata.type annotation); the server-side datetime comparisons below match
+    # only such properties, never text.
+    cs, hub_name = hub.connection_string, hub.task_hub
+    key = "layout-retry"
+    args = {"key": key, "failures": 1, "max_attempts": 3}
+    instance_id = await hub.client.start_new("retries", "layout-times", args)
+    status = await hub.client.wait_for_completion(instance_id, timeout=60)
+    assert status.output == f"{key} ok after 2 attempts"
+
+    rows = _rows(cs, f"{hub_name}History", instance_id)
+    events, sentinel = rows[:-1], rows[-1]
+    assert all(isinstance(r["_Timestamp"], datetime) for r in events)
+    assert isinstance(sentinel["CheckpointCompletedTimestamp"], datetime)
+    timers = [r for r in events if r["EventType"] in ("TimerCreated", "TimerFired")]
+    assert [r["EventType"] for r in timers] == ["TimerCreated", "TimerFired"]
+    assert all(isinstance(r["FireAt"], datetime) for r in timers)
+    assert timers[0]["FireAt"] == timers[1]["FireAt"]
+    # Each attempt's input is in its TaskScheduled row, readable as it was passed.
+    scheduled = [r for r in events if r["EventType"] == "TaskScheduled"]
+    assert [r["Name"] for r in scheduled] == ["fails_then_succeeds"] * 2
+    assert [json.loads(r["Input"]) for r in scheduled] == [args, args]
+    completed = next(r for r in events if r["EventType"] == "TaskCompleted")
+    assert json.loads(completed["Result"]) == status.output
+
+    earliest = min(r["_Timestamp"] for r in events)
+    assert len(_rows(cs, f"{hub_name}History", instance_id, "_Timestamp ge @t", t=earliest)) == (
+        len(events)
+    )
+    assert _rows(cs, f"{hub_name}History", instance_id, "FireAt ge @t", t=earliest) == timers
+
+    escaped = "layout-times"
+    (row,) = _rows(cs, f"{hub_name}Instances", escaped)
+    for column in ("CreatedTime", "LastUpdatedTime", "CompletedTime"):
+        assert isinstance(row[column], datetime), column
+    assert row["CreatedTime"] <= row["LastUpdatedTime"]
+    created = row["CreatedTime"]
+    assert _rows(cs, f"{hub_name}Instances", escaped, "CreatedTime ge @t", t=created) == [row]
+    assert status.created_time == created
+
+    leases = list(
+        TableServiceClient.from_connection_string(cs)
+        .get_table_client(f"{hub_name}Partitions")
+        .list_entities()
+    )
+    assert len(leases) == 4
+    for lease in leases:
+        for column in ("OwnedSince", "LastRenewal", "ExpiresAt"):
+            assert isinstance(lease[column], datetime), (lease["RowKey"], column)
+
+
+async def test_rows_whose_times_are_text_still_read(hub: Hub) -> None:
+    # Another tool (or a hand edit in Storage Explorer) may store a time as a string.
+    cs, hub_name = hub.connection_string, hub.task_hub
+    instance_id = await hub.client.start_new("chain5", "layout-text-times", 1)
+    before = await hub.client.wait_for_completion(instance_id, timeout=60)
+    history = await hub.client.get_status(instance_id, show_history=True)
+    service = TableServiceClient.from_connection_string(cs)
+
+    def as_text(value: datetime) -> str:
+        return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f") + "0Z"  # .NET style
+
+    instances = service.get_table_client(f"{hub_name}Instances")
+    row = instances.get_entity(instance_id, "")
+    instances.update_entity(
+        {
+            "PartitionKey": instance_id,
+            "RowKey": "",
+            "CreatedTime": as_text(row["CreatedTime"]),
+            "CompletedTime": as_text(row["CompletedTime"]),
+        },
+        mode=UpdateMode.MERGE,
+    )
+    history_table = service.get_table_client(f"{hub_name}History")
+    for event in _rows(cs, f"{hub_name}History", instance_id, "RowKey ne 'sentinel'"):
+        history_table.update_entity(
+            {
+                "PartitionKey": instance_id,
+                "RowKey": event["RowKey"],
+                "_Timestamp": as_text(event["_Timestamp"]),
+            },
+            mode=UpdateMode.MERGE,
+        )
+    assert isinstance(instances.get_entity(instance_id, "")["CreatedTime"], str)
+
+    after = await hub.client.get_status(instance_id, show_history=True)
+    assert after.created_time == before.created_time
+    assert after.history == history.history
+    assert after.output == before.output

@@ -111,25 +111,36 @@ class Env:
         return []
 
 
-@pytest.fixture(params=["memory", pytest.param("azurite", marks=pytest.mark.azurite)])
-def connection_string(request: pytest.FixtureRequest) -> str | None:
-    """``None`` for the memory account, else Azurite's (started only when needed).
+@pytest.fixture(
+    params=[
+        "memory",
+        pytest.param("azurite", marks=pytest.mark.azurite),
+        pytest.param("azurite-sdk", marks=pytest.mark.azurite),
+    ]
+)
+def backend(request: pytest.FixtureRequest) -> tuple[str, str | None]:
+    """The account under test and Azurite's connection string (None for memory).
 
+    ``azurite`` is the production setting (hot requests on the lean transport),
+    ``azurite-sdk`` the same account with every request on the Azure SDK.
     A sync fixture on purpose: resolving the session ``azurite`` fixture from inside an
     async, function-scoped one could nest event loops.
     """
     if request.param == "memory":
-        return None
-    return str(request.getfixturevalue("azurite").connection_string)
+        return "memory", None
+    return request.param, str(request.getfixturevalue("azurite").connection_string)
 
 
 @pytest.fixture
-async def env(connection_string: str | None) -> AsyncIterator[Env]:
+async def env(backend: tuple[str, str | None]) -> AsyncIterator[Env]:
+    kind, connection_string = backend
     if connection_string is None:
         clock = FakeClock()
         e = Env("memory", MemoryStorageAccount(clock=clock), clock=clock)
     else:
-        account = AzureStorageAccount.from_connection_string(connection_string)
+        account = AzureStorageAccount.from_connection_string(
+            connection_string, lean=kind == "azurite"
+        )
         e = Env("azurite", account, connection_string=connection_string)
     try:
         yield e

@@ -147,18 +147,27 @@ async def test_a_sender_reading_the_table_wakes_the_owner(azurite: Any, task_hub
         await listener.close()
 
 
+@pytest.mark.parametrize(
+    "listen",
+    [{}, {"wake_host": "0.0.0.0", "wake_advertise_host": "127.0.0.1"}],
+    ids=["loopback", "every-interface"],
+)
 async def test_a_worker_with_polling_all_but_off_is_woken_by_a_client(
-    azurite: Any, task_hub: str
+    azurite: Any, task_hub: str, listen: dict[str, str]
 ) -> None:
     # The worker polls each queue once, then waits 10 minutes between empty polls: the
     # orchestration below completes only through wake-ups (the client's datagram for the
-    # start, then the worker's own sends), on Azurite's real tables and queues.
-    options = WorkerOptions(min_poll_interval=600, max_poll_interval=600)
+    # start, then the worker's own sends), on Azurite's real tables and queues. Bound to
+    # every interface, the worker publishes the advertised IP (what a client on another
+    # machine would send to).
+    options = WorkerOptions(min_poll_interval=600, max_poll_interval=600, **listen)
     settings = {"connection_string": azurite.connection_string, "task_hub": task_hub}
     async with Worker(app, options=options, **settings) as worker:
         rows = sdk_rows(azurite.connection_string, worker.settings.names)
         assert worker._wake_listener is not None
         address = worker._wake_listener.address
+        assert address.startswith("127.0.0.1:")
+        assert worker._wake_listener.host == listen.get("wake_host", "127.0.0.1")
         assert {row["WakeAddress"] for row in rows.values()} == {address}
         await asyncio.sleep(0.5)  # every poller has polled once and now waits
         client = DurableClient.from_app(app, **settings)

@@ -9,10 +9,13 @@ from collections.abc import Generator
 from datetime import timedelta
 from typing import Any
 
+import pytest
+
 from durable_azure import DurableApp, DurableClient, OrchestrationStatus, Worker, WorkerOptions
 from durable_azure.runner import EpisodeRunner
 from durable_azure.storage.provider import AzureStorageProvider
 from durable_azure.testing.memory import MemoryStorageAccount
+from durable_azure.worker import IDLE_POLL_CEILING, POLL_CEILING
 
 HUB = "workerhub"
 
@@ -314,3 +317,16 @@ async def test_a_local_activity_that_finishes_during_the_checkpoint_runs_once() 
         await worker.stop()
     assert status.output == 2
     assert calls == [1]
+
+
+def test_the_idle_poll_ceiling_follows_the_wake_up_setting() -> None:
+    # With wake-ups a message sent on this machine is picked up at once, so idle polls
+    # back off further (fewer requests an hour); without them polling is all there is.
+    assert WorkerOptions().poll_ceiling == IDLE_POLL_CEILING
+    assert WorkerOptions(wake_ups=False).poll_ceiling == POLL_CEILING
+    assert POLL_CEILING < IDLE_POLL_CEILING
+    assert WorkerOptions(max_poll_interval=7.5).poll_ceiling == 7.5
+    assert WorkerOptions(wake_ups=False, max_poll_interval=60).poll_ceiling == 60
+    with pytest.raises(ValueError, match="min_poll_interval <= max_poll_interval"):
+        WorkerOptions(wake_ups=False, min_poll_interval=6.0)
+    WorkerOptions(min_poll_interval=6.0)  # below the 90 s default ceiling: fine
