@@ -8,15 +8,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
+import functools
 import inspect
 import logging
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import Executor
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from durable_azure import logevents as ev
+from durable_azure import telemetry
 from durable_azure.engine import serialization
 from durable_azure.engine.history import (
     FailureDetails,
@@ -53,9 +56,31 @@ class ActivityRunner:
         self.max_dequeue_count = max_dequeue_count
 
     async def execute(
+        self,
+        name: str,
+        input_text: str | None,
+        task_id: int,
+        *,
+        instance_id: str = "",
+        trace_context: Mapping[str, Any] | None = None,
+    ) -> TaskCompleted | TaskFailed:
+        """Run activity ``name``; returns its TaskCompleted or TaskFailed for ``task_id``.
+
+        It runs in an ``activity`` span (:mod:`durable_azure.telemetry`), a child of
+        ``trace_context`` (the scheduling episode's, carried by its ``TaskScheduled``).
+        """
+        attributes = {"durable_azure.instance_id": instance_id, "durable_azure.task_id": task_id}
+        with telemetry.span(
+            f"activity:{name}", parent=trace_context, kind="server", attributes=attributes
+        ) as current:
+            event = await self._execute(name, input_text, task_id)
+            if isinstance(event, TaskFailed):
+                telemetry.mark_failed(current, event.reason or "failed")
+        return event
+
+    async def _execute(
         self, name: str, input_text: str | None, task_id: int
     ) -> TaskCompleted | TaskFailed:
-        """Run activity ``name``; returns its TaskCompleted or TaskFailed for ``task_id``."""
         now = datetime.now(UTC)
         try:
             fn = self.activities(name)
@@ -72,8 +97,11 @@ class ActivityRunner:
             if inspect.iscoroutinefunction(fn):
                 output = await fn(value)
             else:
+                # In the thread, the activity span stays current (the user's own spans
+                # and log correlation nest under it), as asyncio.to_thread does.
                 loop = asyncio.get_running_loop()
-                output = await loop.run_in_executor(self.executor, fn, value)
+                call = functools.partial(contextvars.copy_context().run, fn, value)
+                output = await loop.run_in_executor(self.executor, call)
             return TaskCompleted(
                 timestamp=now, task_scheduled_id=task_id, result=serialization.dumps(output)
             )
@@ -120,7 +148,13 @@ class ActivityRunner:
         latest = [received.raw]
         keeper = asyncio.create_task(self._keep_hidden(received, latest))
         try:
-            response = await self.execute(scheduled.name, scheduled.input, scheduled.event_id)
+            response = await self.execute(
+                scheduled.name,
+                scheduled.input,
+                scheduled.event_id,
+                instance_id=request.instance_id,
+                trace_context=scheduled.parent_trace_context,
+            )
         finally:
             keeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -93,6 +93,7 @@ async def _cmd_worker(args: argparse.Namespace) -> int:
         "wake_ups": False if args.no_wake_ups else None,
         "wake_host": args.wake_host,
         "wake_advertise_host": args.wake_advertise_host,
+        "queue_metrics_interval": args.queue_metrics_interval,
         "max_local_activities": args.max_local_activities,
         "fold_window": args.fold_window,
     }
@@ -468,6 +469,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="HOST",
         help="interface the wake-up listener binds (127.0.0.1; e.g. 0.0.0.0 with "
         "--wake-advertise-host so workers and clients on other machines wake this one)",
+    )
+    worker.add_argument(
+        "--queue-metrics-interval",
+        type=float,
+        metavar="S",
+        help="sample queue depth and oldest message age for OpenTelemetry every S seconds "
+        "(off; 2 requests per queue per sample)",
     )
     worker.add_argument(
         "--wake-advertise-host",

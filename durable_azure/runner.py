@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
@@ -20,7 +21,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from durable_azure import effects
+from durable_azure import effects, telemetry
 from durable_azure import logevents as ev
 from durable_azure.engine.actions import (
     CompleteOrchestration,
@@ -352,9 +353,26 @@ class EpisodeRunner:
             consumed, kept = _settle_anchor(triage.discard, anchor, keep=bool(running or orphans))
             await _gather(m.queue.delete(m.raw) for m in consumed)
             return EpisodeOutcome(local=orphans, anchor=kept)
-        return await self._run_and_commit(
-            instance_id, history, triage, fresh, anchor, running, orphans, run_locally, fold
-        )
+        # The episode runs in its span (durable_azure.telemetry): the messages it sends
+        # and the activities it runs in-process carry that span's context.
+        started = triage.new_start or history.started
+        assert started is not None
+        began = time.perf_counter()
+        with telemetry.span(
+            f"episode:{started.name}",
+            parent=started.parent_trace_context,
+            attributes={
+                "durable_azure.instance_id": instance_id,
+                "durable_azure.execution_id": started.execution_id,
+                "durable_azure.replayed_events": len(history.events),
+            },
+        ):
+            outcome = await self._run_and_commit(
+                instance_id, started, history, triage, fresh, anchor, running, orphans,
+                run_locally, fold,
+            )  # fmt: skip
+        telemetry.record_episode(time.perf_counter() - began, len(history.events), started.name)
+        return outcome
 
     async def _set_aside(self, instance_id: str, poisoned: list[ReceivedMessage]) -> None:
         """Move messages that failed too often to the poison container and fail their
@@ -521,6 +539,7 @@ class EpisodeRunner:
     async def _run_and_commit(
         self,
         instance_id: str,
+        started: ExecutionStarted,
         history: LoadedHistory,
         triage: _Triage,
         fresh: list[TaskCompleted | TaskFailed],
@@ -530,8 +549,6 @@ class EpisodeRunner:
         run_locally: Callable[[str], bool] | None,
         fold: Fold | None,
     ) -> EpisodeOutcome:
-        started = triage.new_start or history.started
-        assert started is not None
         now = self.clock()
         new_events: list[HistoryEvent] = [OrchestratorStarted(timestamp=now)]
         new_events += [m.message.event for m in triage.accepted]
@@ -579,7 +596,7 @@ class EpisodeRunner:
         folded = {e.task_scheduled_id for e in result.new_events if isinstance(e, _RESULTS)}
         to_start = local_ids - folded
         local = [
-            LocalTask(instance_id, execution_id, e)
+            _local_task(instance_id, execution_id, e)
             for e in result.new_events
             if isinstance(e, TaskScheduled) and e.event_id in to_start
         ]
@@ -614,6 +631,8 @@ class EpisodeRunner:
             result,
             row,
         )
+        if result.is_complete:
+            _trace_completion(instance_id, started, result, now)
         return EpisodeOutcome(local=local + orphans, anchor=kept)
 
     async def _fold(
@@ -644,7 +663,7 @@ class EpisodeRunner:
             if result.status is not OrchestrationStatus.Running or not newest:
                 break
             tasks = [
-                LocalTask(instance_id, execution_id, e)
+                _local_task(instance_id, execution_id, e)
                 for e in result.new_events
                 if isinstance(e, TaskScheduled) and e.event_id in newest
             ]
@@ -717,6 +736,7 @@ class EpisodeRunner:
                 parent_instance=started.parent_instance,
                 tags=started.tags,
                 generation=(started.generation or 0) + 1,
+                parent_trace_context=started.parent_trace_context,
             )
             first: list[HistoryEvent] = [OrchestratorStarted(timestamp=now), started]
             first += completion.carryover
@@ -1000,7 +1020,11 @@ class EpisodeRunner:
                 continue
             if isinstance(action, ScheduleTask):
                 event: HistoryEvent = TaskScheduled(
-                    event_id=action.id, timestamp=now, name=action.name, input=action.input
+                    event_id=action.id,
+                    timestamp=now,
+                    name=action.name,
+                    input=action.input,
+                    parent_trace_context=telemetry.current_trace_context(),
                 )
                 out.append(
                     Outbound(
@@ -1025,6 +1049,7 @@ class EpisodeRunner:
                     execution_id=child_execution,
                     input=action.input,
                     version=action.version,
+                    parent_trace_context=telemetry.current_trace_context(),
                     parent_instance=ParentInstance(
                         name=started.name,
                         instance_id=instance_id,
@@ -1077,6 +1102,34 @@ async def _abandon_all(batch: list[ReceivedMessage], delay: float | None = None)
         await _gather(m.queue.abandon(m.raw, delay) for m in batch)
     except StorageError as exc:  # they reappear anyway once their visibility ends
         logger.warning("could not abandon messages: %s", exc, extra=ev.fields(ev.ABANDON_FAILED))
+
+
+def _trace_completion(
+    instance_id: str, started: ExecutionStarted, result: EpisodeResult, now: datetime
+) -> None:
+    """Emit the ended execution's ``orchestration`` span (see :mod:`durable_azure.telemetry`)."""
+    completion = completion_of(result.new_events)
+    failure = completion.failure_details if completion is not None else None
+    telemetry.orchestration_finished(
+        started.name,
+        started.parent_trace_context,
+        started=started.timestamp,
+        ended=now,
+        status=result.status.name,
+        attributes={
+            "durable_azure.instance_id": instance_id,
+            "durable_azure.execution_id": started.execution_id,
+        },
+        failure=failure.summary() if failure is not None else None,
+    )
+
+
+def _local_task(instance_id: str, execution_id: str, scheduled: TaskScheduled) -> LocalTask:
+    """An activity to run in-process, carrying the current (episode) span's context."""
+    context = telemetry.current_trace_context()
+    if context is not None:
+        scheduled = replace(scheduled, parent_trace_context=context)
+    return LocalTask(instance_id, execution_id, scheduled)
 
 
 def _is_failure(event: HistoryEvent) -> bool:

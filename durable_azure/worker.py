@@ -23,10 +23,11 @@ import signal
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from durable_azure import logevents as ev
+from durable_azure import telemetry
 from durable_azure.activities import ActivityRunner
 from durable_azure.app import DurableApp
 from durable_azure.errors import StorageError
@@ -125,6 +126,10 @@ class WorkerOptions:
             their messages wait for the next poll (``max_poll_interval``).
         wake_advertise_host: the IP published for senders; required when
             ``wake_host`` is a wildcard.
+        queue_metrics_interval: seconds between samples of the depth and oldest
+            message age of the queues this worker polls, for the OpenTelemetry gauges
+            (:mod:`durable_azure.telemetry`). None (the default) takes no samples: each
+            costs two requests per queue.
     """
 
     max_concurrent_orchestrations: int = 100
@@ -142,6 +147,7 @@ class WorkerOptions:
     wake_ups: bool = True
     wake_host: str = "127.0.0.1"
     wake_advertise_host: str | None = None
+    queue_metrics_interval: float | None = None
 
     @property
     def poll_ceiling(self) -> float:
@@ -162,6 +168,8 @@ class WorkerOptions:
             raise ValueError("need 0 < min_poll_interval <= max_poll_interval")
         if self.max_dequeue_count < 1:
             raise ValueError("max_dequeue_count must be at least 1")
+        if self.queue_metrics_interval is not None and self.queue_metrics_interval <= 0:
+            raise ValueError("queue_metrics_interval must be more than 0 s (or None)")
         if self.wake_advertise_host is not None:
             try:
                 ipaddress.ip_address(self.wake_advertise_host)
@@ -301,6 +309,7 @@ class Worker:
         self._wake_listener: WakeListener | None = None
         self._wake_sender: WakeSender | None = None
         self._due_wakes: set[asyncio.TimerHandle] = set()
+        self._sampler: asyncio.Task[None] | None = None
 
     # --- lifecycle -----------------------------------------------------------------------
 
@@ -359,6 +368,32 @@ class Worker:
         self._work_item_poller = asyncio.create_task(
             self._poll_work_items(), name="poll work items"
         )
+        if self.options.queue_metrics_interval is not None and telemetry.available():
+            self._sampler = asyncio.create_task(
+                self._sample_queues(self.options.queue_metrics_interval), name="queue metrics"
+            )
+
+    async def _sample_queues(self, interval: float) -> None:
+        """Every ``interval`` s: the depth and oldest visible message's age of each queue
+        this worker polls, for the telemetry gauges. Failures only skip a sample."""
+        while not self._stopping.is_set():
+            polled = [*self._control_pollers, self.provider.work_items.name]
+            for queue in [*self.provider.control_queues, self.provider.work_items]:
+                if queue.name not in polled:
+                    continue
+                try:
+                    depth = await queue.queue.approximate_count()
+                    oldest = await queue.queue.peek(1)
+                except StorageError as exc:
+                    logger.debug("queue metrics of %s skipped: %s", queue.name, exc)
+                    continue
+                age = (
+                    (datetime.now(UTC) - oldest[0].inserted_on).total_seconds() if oldest else None
+                )
+                telemetry.set_queue_sample(queue.name, depth, age)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(interval):
+                    await self._stopping.wait()
 
     async def stop(self) -> None:
         """Stop receiving, let in-flight work finish (grace period), abandon the rest."""
@@ -387,6 +422,9 @@ class Worker:
             await asyncio.gather(
                 *(m.queue.abandon(m.raw, 0.0) for m in held), return_exceptions=True
             )
+        if self._sampler is not None:
+            self._sampler.cancel()
+            await asyncio.gather(self._sampler, return_exceptions=True)
         await self._release_partitions()
         await self._close_wake_ups()
         self._executor.shutdown(wait=False, cancel_futures=True)
@@ -792,7 +830,11 @@ class Worker:
                     if self._stopping.is_set():
                         return  # a stopping worker starts nothing new (see _run_instance)
                     event = await self.activities.execute(
-                        scheduled.name, scheduled.input, scheduled.event_id
+                        scheduled.name,
+                        scheduled.input,
+                        scheduled.event_id,
+                        instance_id=task.instance_id,
+                        trace_context=scheduled.parent_trace_context,
                     )
                 session.results.append(LocalResult(task.execution_id, event))
             finally:

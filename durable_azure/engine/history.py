@@ -165,6 +165,9 @@ class ExecutionStarted(HistoryEvent):
     tags: dict[str, str] | None = None
     scheduled_start_time: datetime | None = None
     generation: int | None = None
+    #: DTFx ``ParentTraceContext``: ``{"TraceParent", "TraceState"}`` of the span that
+    #: started this execution (:mod:`durable_azure.telemetry`). Left out when None.
+    parent_trace_context: dict[str, Any] | None = field(default=None, metadata={OMIT_IF_NONE: True})
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -189,6 +192,8 @@ class TaskScheduled(HistoryEvent):
     version: str | None = None
     #: DTFx ``Tags``; this engine marks activities it ran in-process. Left out when None.
     tags: dict[str, str] | None = field(default=None, metadata={OMIT_IF_NONE: True})
+    #: DTFx ``ParentTraceContext``: the scheduling episode's span, on the work item.
+    parent_trace_context: dict[str, Any] | None = field(default=None, metadata={OMIT_IF_NONE: True})
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

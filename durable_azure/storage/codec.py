@@ -38,7 +38,9 @@ from durable_azure.engine.history import (
 _SPECIAL_NAMES = {"timestamp": "Timestamp"}
 
 #: Members stored as JSON objects (JSON strings in tables, nested objects in queue JSON).
-OBJECT_MEMBERS = frozenset({"OrchestrationInstance", "ParentInstance", "FailureDetails", "Tags"})
+OBJECT_MEMBERS = frozenset(
+    {"OrchestrationInstance", "ParentInstance", "FailureDetails", "Tags", "ParentTraceContext"}
+)
 
 #: Members that hold date-times (``Edm.DateTime`` in rows, ISO-8601 text in queue JSON).
 DATETIME_MEMBERS = frozenset({"Timestamp", "FireAt", "ScheduledStartTime"})

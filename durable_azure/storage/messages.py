@@ -29,6 +29,7 @@ _OBJECT_TYPES = {
     "ParentInstance": "DurableTask.Core.ParentInstance",
     "FailureDetails": "DurableTask.Core.FailureDetails",
     "InnerFailure": "DurableTask.Core.FailureDetails",
+    "ParentTraceContext": "DurableTask.Core.Tracing.DistributedTraceContext",
     "Tags": (
         "System.Collections.Generic.Dictionary`2[[System.String, System.Private.CoreLib],"
         "[System.String, System.Private.CoreLib]]"

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from durable_azure import telemetry
 from durable_azure.engine.history import (
     ExecutionStarted,
     HistoryEvent,
@@ -189,6 +190,24 @@ class AzureStorageProvider:
             InstanceAlreadyExistsError: the id names a Pending, Running or Suspended
                 instance (nothing is sent), or another client started it concurrently.
         """
+        with telemetry.span(
+            f"create_orchestration:{name}",
+            kind="producer",
+            attributes={"durable_azure.instance_id": instance_id},
+        ):
+            return await self._start_instance(
+                name, instance_id, input_text, now=now, start_at=start_at
+            )
+
+    async def _start_instance(
+        self,
+        name: str,
+        instance_id: str,
+        input_text: str | None,
+        *,
+        now: datetime | None,
+        start_at: datetime | None,
+    ) -> str:
         validate_instance_id(instance_id)
         existing = await self.instances.get(instance_id)
         if existing is not None and not existing.runtime_status.is_terminal:
@@ -210,6 +229,7 @@ class AzureStorageProvider:
                         input=input_text,
                         generation=generation,
                         scheduled_start_time=start_at,
+                        parent_trace_context=telemetry.current_trace_context(),
                     ),
                     instance_id=instance_id,
                     execution_id=execution_id,

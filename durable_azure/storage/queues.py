@@ -10,9 +10,11 @@ from __future__ import annotations
 import itertools
 import logging
 from dataclasses import dataclass, replace
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 from durable_azure import logevents as ev
+from durable_azure import telemetry
+from durable_azure.engine.history import ExecutionStarted, TimerFired
 from durable_azure.errors import MessageGoneError
 from durable_azure.storage import messages
 from durable_azure.storage.largepayloads import LargePayloads
@@ -124,6 +126,10 @@ class TaskHubQueue:
                     extra=ev.fields(ev.MESSAGE_UNREADABLE, queue=self.name, message_id=raw.id),
                 )
                 bad.append(UnreadableMessage(raw, self, str(exc)))
+        if good and telemetry.available():
+            now = datetime.now(UTC)
+            for received in good:
+                telemetry.record_message_age((now - _due(received)).total_seconds(), self.name)
         return good, bad
 
     async def delete(self, raw: QueueMessage) -> bool:
@@ -172,3 +178,14 @@ class TaskHubQueue:
 
 def _with_sequence(message: TaskMessage) -> TaskMessage:
     return replace(message, sequence_number=next(_sequence))
+
+
+def _due(received: ReceivedMessage) -> datetime:
+    """When a message became due: its timer's or scheduled start's time, else when it was
+    sent (for the ``durable_azure.message.age`` metric)."""
+    event = received.message.event
+    if isinstance(event, TimerFired):
+        return event.fire_at
+    if isinstance(event, ExecutionStarted) and event.scheduled_start_time is not None:
+        return event.scheduled_start_time
+    return received.raw.inserted_on

@@ -831,6 +831,7 @@ async def test_worker_rides_out_an_azurite_restart_and_an_outage(
         (["--fold-window", "9"], "fold_window must be within 0..5.0 s"),
         (["--max-local-activities", "-1"], "max_local_activities must be 0 or more"),
         (["--wake-host", "0.0.0.0"], "also give wake_advertise_host"),
+        (["--queue-metrics-interval", "0"], "queue_metrics_interval must be more than 0 s"),
         (
             ["--wake-host", "0.0.0.0", "--wake-advertise-host", "my-host"],
             "wake_advertise_host must be an IP address, got 'my-host'",

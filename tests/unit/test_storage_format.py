@@ -323,6 +323,12 @@ PARENT = ParentInstance(
     name="parent", instance_id="p-1", execution_id="pe", task_scheduled_id=3, version="1.0"
 )
 
+#: A DTFx ``ParentTraceContext`` (W3C trace context).
+TRACE = {
+    "TraceParent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+    "TraceState": "congo=t61rcWkgMzE",
+}
+
 #: One event of every class, with every optional member set where it has one.
 EVENTS: list[HistoryEvent] = [
     ExecutionStarted(
@@ -336,6 +342,7 @@ EVENTS: list[HistoryEvent] = [
         tags={"k": "v"},
         scheduled_start_time=T0 + timedelta(minutes=1),
         generation=2,
+        parent_trace_context=TRACE,
     ),
     ExecutionStarted(timestamp=T0, name="orch", instance_id="i", execution_id=EXEC),
     ExecutionCompleted(
@@ -377,6 +384,9 @@ EVENTS: list[HistoryEvent] = [
     ExecutionSuspended(timestamp=T0, reason="pause"),
     ExecutionResumed(timestamp=T0, reason="go"),
     ExecutionRewound(timestamp=T0, reason="again"),
+    TaskScheduled(
+        event_id=0, timestamp=T0, name="act", input="1", tags={"t": "1"}, parent_trace_context=TRACE
+    ),
 ]
 
 
