@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
-import sys
 import time
 import uuid
 from collections import Counter
@@ -23,6 +22,7 @@ from bench.workers import (
     worker_options,
 )
 from durable_azure import DurableClient, OrchestrationStatus
+from durable_azure.cli_output import Progress
 from durable_azure.settings import StorageSettings
 from durable_azure.storage.names import DEFAULT_PARTITION_COUNT
 from durable_azure.storage.partitions import PartitionLease
@@ -170,15 +170,15 @@ async def run_one(
 async def wait_for_all(client: DurableClient, count: int, *, what: str) -> list[Entity]:
     """Wait until ``count`` instances of the hub have finished; their rows, all Completed."""
     table = client.provider.instances.table
-    next_report = time.monotonic() + PROGRESS_EVERY
+    # A bar redrawn in place on a terminal; elsewhere a line every PROGRESS_EVERY s.
+    progress = Progress(f"  {what}", total=count, unit="finished", interval=PROGRESS_EVERY)
     while True:
         done, _ = await table.query(where=[_TERMINAL], select=["RuntimeStatus"])
+        progress.update(len(done))
         if len(done) >= count:
             break
-        if time.monotonic() > next_report:
-            print(f"  {what}: {len(done)}/{count} finished", file=sys.stderr, flush=True)
-            next_report += PROGRESS_EVERY
         await asyncio.sleep(0.5)
+    progress.close()
     rows, _ = await table.query(
         select=["PartitionKey", "RuntimeStatus", "CreatedTime", "CompletedTime", "Output"]
     )
