@@ -42,9 +42,11 @@ not their parent: its id only exists when it ends, in the last episode's process
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Mapping
+import functools
+import logging
+from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime
-from typing import Any
+from typing import Any, ParamSpec
 
 try:  # the optional extra
     from opentelemetry import context as otel_context
@@ -69,6 +71,25 @@ __all__ = [
 
 #: The tracer's and meter's name.
 INSTRUMENTATION_NAME = "durable_azure"
+
+logger = logging.getLogger(__name__)
+_P = ParamSpec("_P")
+
+
+def _harmless(record: Callable[_P, None]) -> Callable[_P, None]:
+    """Recording must never fail what it records: the episode calling it has already
+    checkpointed, and an exception would have its messages abandoned. (The OpenTelemetry
+    API is built not to raise; a misbehaving SDK or exporter is logged, not raised.)"""
+
+    @functools.wraps(record)
+    def guarded(*args: _P.args, **kwargs: _P.kwargs) -> None:
+        try:
+            record(*args, **kwargs)
+        except Exception:
+            logger.debug("telemetry: %s failed", record.__name__, exc_info=True)
+
+    return guarded
+
 
 #: A trace context as carried in messages: ``{"TraceParent": ..., "TraceState": ...}``.
 TraceContext = Mapping[str, Any]
@@ -191,6 +212,7 @@ def mark_failed(current: Any, description: str) -> None:
         current.set_status(otel_trace.Status(otel_trace.StatusCode.ERROR, description))
 
 
+@_harmless
 def orchestration_finished(
     name: str,
     parent: TraceContext | None,
@@ -216,6 +238,7 @@ def orchestration_finished(
     finished.end(end_time=_nanos(ended))
 
 
+@_harmless
 def record_episode(seconds: float, replayed_events: int, orchestration: str) -> None:
     """Record one episode's duration and replay count."""
     if not _AVAILABLE:
@@ -225,12 +248,14 @@ def record_episode(seconds: float, replayed_events: int, orchestration: str) -> 
     _replayed.record(replayed_events, attributes)
 
 
+@_harmless
 def record_message_age(seconds: float, queue: str) -> None:
     """Record how long a received message waited in ``queue``."""
     if _AVAILABLE:
         _message_age.record(max(seconds, 0.0), {"queue": queue})
 
 
+@_harmless
 def set_queue_sample(queue: str, depth: int, oldest_age: float | None) -> None:
     """Store a queue's sampled depth and oldest message age for the gauges."""
     if _AVAILABLE:

@@ -660,9 +660,11 @@ class PartitionManager:
             ]
             try:
                 etags = await self.table.transaction(ops)
-            except TransactionFailedError as exc:
-                queue = chunk[exc.index][0].queue if exc.index is not None else "a row"
-                if isinstance(exc.cause, ConditionFailedError):
+            except StorageError as exc:
+                if isinstance(exc, TransactionFailedError) and isinstance(
+                    exc.cause, ConditionFailedError
+                ):
+                    queue = chunk[exc.index][0].queue if exc.index is not None else "a row"
                     logger.info(
                         "%s: renewing %d rows: %s changed meanwhile (412); re-reading",
                         self.worker_id,
@@ -673,17 +675,6 @@ class PartitionManager:
                         ),
                     )
                     return _BATCH_CONFLICT
-                log.errors += 1
-                logger.warning(
-                    "%s: renewing %d rows failed: %s",
-                    self.worker_id,
-                    len(chunk),
-                    exc,
-                    extra=ev.fields(ev.LEASE_FAILED, worker_id=self.worker_id),
-                )
-                ok = False
-                continue
-            except StorageError as exc:
                 log.errors += 1
                 logger.warning(
                     "%s: renewing %d rows failed: %s",

@@ -11,18 +11,28 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import subprocess
 import sys
 import textwrap
 from collections.abc import Generator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import pytest
 from opentelemetry import metrics
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
-from durable_azure import DurableApp, DurableClient, OrchestrationStatus, Worker, WorkerOptions
+from durable_azure import (
+    DurableApp,
+    DurableClient,
+    OrchestrationStatus,
+    Worker,
+    WorkerOptions,
+    telemetry,
+)
 from durable_azure.storage.provider import AzureStorageProvider
 from durable_azure.testing.memory import MemoryStorageAccount
 
@@ -186,3 +196,21 @@ def test_metrics_record_episodes_replays_message_ages_and_queue_samples() -> Non
     assert any("-control-" in q for q in ages)
     depths = {p.attributes["queue"] for p in points["durable_azure.queue.depth"]}
     assert any(q.endswith("-workitems") for q in depths)
+
+
+def test_a_failing_recorder_never_fails_the_episode(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Emitted after the checkpoint: raising here would abandon committed messages.
+    class BrokenTracer:
+        def start_span(self, *args: Any, **kwargs: Any) -> Any:
+            raise RuntimeError("exporter exploded")
+
+    monkeypatch.setattr(telemetry, "_tracer", BrokenTracer())
+    caplog.set_level(logging.DEBUG, logger="durable_azure.telemetry")
+    when = datetime(2026, 11, 25, tzinfo=UTC)
+    telemetry.orchestration_finished(
+        "flow", None, started=when, ended=when, status="Completed", attributes={}
+    )
+    assert "orchestration_finished failed" in caplog.text
+    assert "exporter exploded" in caplog.text
